@@ -1,0 +1,24 @@
+"""The error hierarchy. Every message names the offending file, flag or value and says what to do.
+
+The CLI prints a ``MetalabError`` as one line on stderr and exits non-zero (traceback only with ``--debug``).
+"""
+
+
+class MetalabError(Exception):
+    """Base of every error metalab raises on bad input or a failed run."""
+
+
+class DataError(MetalabError):
+    """Missing, corrupt or insufficient data (names the file, folder or class)."""
+
+
+class ConfigError(MetalabError):
+    """An unknown or invalid configuration key, flag or value (names it and lists the choices)."""
+
+
+class CheckpointError(MetalabError):
+    """A checkpoint that is missing, unreadable or written by another algorithm."""
+
+
+class TrainingError(MetalabError):
+    """Training cannot go on (for example the loss became NaN); the last good checkpoint is kept."""
