@@ -1,0 +1,4 @@
+"""Algorithms of the three families (and transfer baselines); importing this fills the registry."""
+
+from metalab.algorithms.base import MetaLearner, StepOutput  # noqa: F401
+from metalab.algorithms.metric import protonet  # noqa: F401

@@ -1,0 +1,204 @@
+"""The command line: ``metalab train | eval | predict | list | data``.
+
+Errors on bad input are printed as one line on stderr with a non-zero exit (2); ``--debug`` shows the
+traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from metalab.errors import MetalabError
+
+PRESETS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def _add_task_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ways", type=int, help="N classes per task")
+    p.add_argument("--shots", type=int, help="K support examples per class")
+    p.add_argument("--queries", type=int, help="Q query examples per class")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="metalab", description="Meta-learning on PyTorch.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="meta-train an algorithm from a YAML config")
+    p.add_argument("config", help="YAML config, e.g. configs/omniglot/protonet-5w1s.yaml")
+    p.add_argument("--data-dir", help="folder holding the dataset (for Omniglot: the zips or an omniglot/ folder)")
+    p.add_argument("--out", default=None, help="run directory (default: runs/<config name>)")
+    p.add_argument("--steps", type=int)
+    _add_task_flags(p)
+    p.add_argument("--meta-batch", type=int, help="tasks per step")
+    p.add_argument("--lr", type=float, help="meta learning rate")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--max-minutes", type=float, help="wall-clock budget; training ends cleanly with checkpoints")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set train.lr_step=500 --set algorithm.distance=cosine")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("eval", help="evaluate a trained run on fixed test episodes (mean accuracy ± 95%% CI)")
+    p.add_argument("run", help="run directory (uses best.pt, else last.pt) or checkpoint file")
+    p.add_argument("--data-dir", help="folder holding the dataset (default: the one the run was trained on)")
+    p.add_argument("--split", help="split to evaluate on (default: test)")
+    _add_task_flags(p)
+    p.add_argument("--episodes", type=int, help="number of fixed test episodes (default 1000)")
+    p.add_argument("--seed", type=int, help="seed of the fixed episode set (default 0)")
+    p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = sub.add_parser("predict", help="adapt a trained learner to your own examples and classify queries")
+    p.add_argument("run", help="run directory or checkpoint file")
+    p.add_argument("--support", required=True, help="folder of class folders: SUPPORT/<class>/<images>")
+    p.add_argument("--query", required=True, nargs="+", help="image files to classify")
+    p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true")
+
+    sub.add_parser("list", help="algorithms, datasets, backbones and presets")
+
+    p = sub.add_parser("data", help="dataset tools")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    q = dsub.add_parser("info", help="alphabets, characters, images and classes per split")
+    q.add_argument("dataset", choices=["omniglot"])
+    q.add_argument("--data-dir", required=True)
+    q.add_argument("--scheme", default="vinyals")
+    q.add_argument("--download", action="store_true", help="fetch the official zips first when missing")
+    q.add_argument("--json", action="store_true")
+    return parser
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from metalab.config import load_config
+    from metalab.engine.trainer import train
+
+    flags = {"data.data_dir": args.data_dir, "train.steps": args.steps, "train.ways": args.ways,
+             "train.shots": args.shots, "train.queries": args.queries, "train.meta_batch": args.meta_batch,
+             "train.lr": args.lr, "train.seed": args.seed, "train.device": args.device,
+             "train.max_minutes": args.max_minutes}
+    overrides = [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None] + args.overrides
+    cfg = load_config(args.config, overrides)
+    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    result = train(cfg, out, resume=args.resume, progress=not args.quiet)
+    best = "" if result.best_val is None else f", best validation accuracy {result.best_val:.2f}%"
+    how = {"steps": "finished", "time": "stopped by --max-minutes", "interrupted": "interrupted"}[result.stopped]
+    print(f"{how} at step {result.step}{best}; checkpoints in {out}"
+          + ("; continue with --resume" if result.stopped != "steps" else ""), file=sys.stderr)
+    return 130 if result.stopped == "interrupted" else 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from metalab.data.sources import load_split
+    from metalab.engine.build import load_learner, resolve_device
+    from metalab.engine.evaluate import evaluate
+    from metalab.episodes import FixedEpisodes
+
+    device = resolve_device(args.device)
+    learner, cfg, state = load_learner(args.run, device, args.checkpoint)
+    data = dataclasses.replace(cfg.data, data_dir=args.data_dir or cfg.data.data_dir)
+    e = dataclasses.replace(cfg.eval, **{k: v for k, v in (("split", args.split), ("ways", args.ways),
+                            ("shots", args.shots), ("queries", args.queries), ("episodes", args.episodes),
+                            ("seed", args.seed)) if v is not None})
+    split = load_split(data, e.split).to(device)
+    episodes = FixedEpisodes(split, e.ways, e.shots, e.queries, e.episodes, e.seed, data.within_group)
+    result = evaluate(learner, episodes, e.batch)
+    report = {"accuracy": round(result.accuracy, 4), "ci95": round(result.ci95, 4), "episodes": e.episodes,
+              "ways": e.ways, "shots": e.shots, "queries": e.queries, "split": e.split, "seed": e.seed,
+              "algorithm": cfg.algorithm_name, "dataset": split.name, "checkpoint": str(state["path"]),
+              "step": state["step"], "device": str(device)}
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"{cfg.algorithm_name} on {split.name}, {e.ways}-way {e.shots}-shot ({e.queries} queries), "
+              f"{e.episodes} episodes: {result.accuracy:.2f} ± {result.ci95:.2f}%")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import torch
+
+    from metalab.data.base import Preprocess
+    from metalab.data.folder import load_image_folder
+    from metalab.data.imaging import load_images
+    from metalab.engine.build import load_learner, resolve_device
+    from metalab.episodes import Episode, to_float
+
+    device = resolve_device(args.device)
+    learner, cfg, state = load_learner(args.run, device, args.checkpoint)
+    pre = Preprocess(**state["preprocess"])
+    support = load_image_folder(Path(args.support), pre, name=f"support folder {args.support}")
+    labels = torch.repeat_interleave(torch.arange(support.num_classes), support.counts)
+    query = load_images([Path(q) for q in args.query], pre)
+    episode = Episode(to_float(support.images)[None], labels[None], to_float(query)[None],
+                      torch.zeros(1, len(query), dtype=torch.long), support.num_classes).to(device)
+    learner.eval()
+    with torch.no_grad():
+        probs = learner.predict(episode)[0].softmax(-1).cpu()
+    rows = [{"query": q, "class": support.class_names[int(p.argmax())], "probability": round(float(p.max()), 4),
+             "probabilities": {c: round(float(v), 4) for c, v in zip(support.class_names, p)}}
+            for q, p in zip(args.query, probs)]
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        for r in rows:
+            print(f"{r['query']}\t{r['class']}\t{r['probability']:.3f}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    import metalab.algorithms  # noqa: F401
+    import metalab.data.sources  # noqa: F401
+    import metalab.models  # noqa: F401
+    from metalab.registry import ALGORITHMS, BACKBONES, DATASETS
+
+    print("algorithms: " + ", ".join(ALGORITHMS.names()))
+    print("datasets:   " + ", ".join(DATASETS.names()))
+    print("backbones:  " + ", ".join(BACKBONES.names()))
+    presets = sorted(str(p.relative_to(PRESETS.parent)) for p in PRESETS.glob("**/*.yaml")) if PRESETS.is_dir() else []
+    print("presets:\n" + "\n".join(f"  {p}" for p in presets) if presets else "presets:    (none found)")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from metalab.data.omniglot import omniglot_info
+
+    info = omniglot_info(Path(args.data_dir), args.scheme, download=args.download)
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    print(f"omniglot ({args.scheme} split)")
+    for split, row in info["splits"].items():
+        print(f"  {split:9s} " + "  ".join(f"{k} {v}" for k, v in row.items()))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "list": cmd_list, "data": cmd_data}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="metalab: %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except MetalabError as e:
+        if args.debug:
+            raise
+        print(f"metalab: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("metalab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,11 @@
+"""Backbones, registered by name in ``metalab.registry.BACKBONES``."""
+
+from torch import nn
+
+from metalab.models.conv4 import Conv4, conv_block  # noqa: F401
+from metalab.registry import BACKBONES
+
+
+def build_backbone(name: str, **kwargs) -> nn.Module:
+    """A registered backbone by name (an unknown name raises ConfigError listing the choices)."""
+    return BACKBONES.get(name)(**kwargs)
