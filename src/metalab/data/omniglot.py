@@ -117,8 +117,10 @@ def load_omniglot(
     Example:
         >>> train = load_omniglot("data", "vinyals", "train")   # 4112 classes x 20 images
     """
-    rotations = _check_rotations(scheme, rotations)
     _check_split(scheme, split)
+    rotations = _check_rotations(scheme, rotations)
+    if image_size < 1:
+        raise ConfigError(f"Omniglot image_size {image_size} is invalid; it must be a positive number of pixels")
     paths = _source_paths(Path(data_dir), _sources_of(scheme, split), download)
     classes = []  # (class name, images, alphabet)
     for path in paths:
@@ -130,8 +132,10 @@ def load_omniglot(
                 for degrees in rotations:
                     rotated = torch.rot90(drawings, degrees // 90, dims=(-2, -1))
                     classes.append((f"{character}/rot{degrees:03d}", rotated, character.split("/")[0]))
+    if not classes:
+        raise DataError(f"no characters of Omniglot {scheme}/{split} found in {', '.join(map(str, paths))}")
     classes.sort(key=lambda c: c[0])
-    names, images, alphabets = zip(*classes) if classes else ((), (), ())
+    names, images, alphabets = zip(*classes)
     return ClassIndexedDataset.from_class_tensors(
         f"omniglot-{scheme}-{split}", list(images), list(names), list(alphabets), Preprocess(image_size, 1, True)
     )
@@ -143,7 +147,7 @@ def omniglot_info(data_dir: Path, scheme: str = "vinyals") -> dict:
     A split whose source file is missing is reported as ``{"missing": [file names]}``.
     Nothing is decoded: the zips' listings suffice.
     """
-    _check_split(scheme, SCHEMES.get(scheme, ("",))[0])
+    _check_scheme(scheme)
     root = find_omniglot_root(Path(data_dir))
     found = {source: _source_path(root, source) for source in SOURCES}
     listings: dict[Path, dict[str, list[str]]] = {}
@@ -170,17 +174,24 @@ def omniglot_info(data_dir: Path, scheme: str = "vinyals") -> dict:
     return {"root": str(root), "scheme": scheme, "sources": sources_found, "splits": splits}
 
 
-def _check_split(scheme: str, split: str) -> None:
+def _check_scheme(scheme: str) -> None:
     if scheme not in SCHEMES:
         raise ConfigError(f"unknown Omniglot scheme '{scheme}'; choices: {', '.join(SCHEMES)}")
+
+
+def _check_split(scheme: str, split: str) -> None:
+    _check_scheme(scheme)
     if split not in SCHEMES[scheme]:
-        raise ConfigError(f"unknown split '{split}' of Omniglot scheme '{scheme}'; choices: {', '.join(SCHEMES[scheme])}")
+        choices = ", ".join(SCHEMES[scheme])
+        raise ConfigError(f"unknown split '{split}' of Omniglot scheme '{scheme}'; choices: {choices}")
 
 
 def _check_rotations(scheme: str, rotations: Iterable[int] | None) -> tuple[int, ...]:
-    rotations = DEFAULT_ROTATIONS.get(scheme, (0,)) if rotations is None else tuple(rotations)
+    rotations = DEFAULT_ROTATIONS[scheme] if rotations is None else tuple(rotations)
     if not rotations or len(set(rotations)) != len(rotations) or any(r not in (0, 90, 180, 270) for r in rotations):
-        raise ConfigError(f"Omniglot rotations {list(rotations)} are invalid; choose distinct values among 0, 90, 180, 270")
+        raise ConfigError(
+            f"Omniglot rotations {list(rotations)} are invalid; choose distinct values among 0, 90, 180, 270"
+        )
     return rotations
 
 
