@@ -125,8 +125,8 @@ def load_omniglot(
     classes = []  # (class name, images, alphabet)
     for path in paths:
         payload = _decoded(path, image_size, cache_dir)
-        starts = torch.tensor(payload["counts"]).cumsum(0).tolist()
-        for character, end, count in zip(payload["characters"], starts, payload["counts"]):
+        ends = torch.tensor(payload["counts"]).cumsum(0).tolist()
+        for character, end, count in zip(payload["characters"], ends, payload["counts"]):
             if _keeps(scheme, split, character):
                 drawings = payload["images"][end - count : end]  # (20, 1, H, W)
                 for degrees in rotations:
@@ -141,13 +141,16 @@ def load_omniglot(
     )
 
 
-def omniglot_info(data_dir: Path, scheme: str = "vinyals") -> dict:
+def omniglot_info(data_dir: Path, scheme: str = "vinyals", *, download: bool = False) -> dict:
     """Per split of `scheme`: alphabets, characters, classes and images (with rotations); the sources found.
 
-    A split whose source file is missing is reported as ``{"missing": [file names]}``.
-    Nothing is decoded: the zips' listings suffice.
+    A split whose source file is missing is reported as ``{"missing": [file names]}`` (unless `download`
+    fetches it first). Nothing is decoded: the zips' listings suffice.
     """
     _check_scheme(scheme)
+    if download:
+        needed = dict.fromkeys(source for split in SCHEMES[scheme] for source in _sources_of(scheme, split))
+        _source_paths(Path(data_dir), tuple(needed), download=True)
     root = find_omniglot_root(Path(data_dir))
     found = {source: _source_path(root, source) for source in SOURCES}
     listings: dict[Path, dict[str, list[str]]] = {}
@@ -161,7 +164,9 @@ def omniglot_info(data_dir: Path, scheme: str = "vinyals") -> dict:
             continue
         drawings = {}
         for source in sources:
-            listing = listings.setdefault(found[source], _list_source(found[source]))
+            if found[source] not in listings:
+                listings[found[source]] = _list_source(found[source])
+            listing = listings[found[source]]
             drawings.update({c: len(files) for c, files in listing.items() if _keeps(scheme, split, c)})
         splits[split] = {
             "alphabets": len({character.split("/")[0] for character in drawings}),
