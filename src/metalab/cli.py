@@ -80,7 +80,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from metalab.config import load_config
     from metalab.engine.trainer import train
 
-    flags = {"data.data_dir": args.data_dir, "train.steps": args.steps, "train.ways": args.ways,
+    data_dir = str(Path(args.data_dir).expanduser().resolve()) if args.data_dir else None  # eval finds it later
+    flags = {"data.data_dir": data_dir, "train.steps": args.steps, "train.ways": args.ways,
              "train.shots": args.shots, "train.queries": args.queries, "train.meta_batch": args.meta_batch,
              "train.lr": args.lr, "train.seed": args.seed, "train.device": args.device,
              "train.max_minutes": args.max_minutes}

@@ -1,0 +1,64 @@
+"""Train a preset, evaluate it with the field's protocol, and record everything beside the numbers.
+
+    python benchmarks/accuracy.py configs/omniglot/protonet-cpu.yaml --data-dir ../shared/data \
+        --name protonet-omniglot-cpu [--train-args "--max-minutes 15"] [--eval-args "--ways 20"]...
+
+Runs ``metalab train`` then ``metalab eval --json`` (once per --eval-args, default once with the
+config's evaluation settings) as subprocesses, and writes benchmarks/results/<name>.json with the
+exact commands, the training wall time, the validation learning curve (from metrics.jsonl), the test
+results, and the commit, date and hardware.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from metalab.provenance import write_result
+
+
+def run(cmd: list[str]) -> str:
+    print("$ " + shlex.join(cmd), file=sys.stderr)
+    return subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("config")
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--name", required=True, help="results file name (benchmarks/results/<name>.json)")
+    p.add_argument("--out", help="run directory (default runs/bench-<name>)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--train-args", default="", help="extra flags for metalab train, one string")
+    p.add_argument("--eval-args", action="append", default=None, help="extra flags for one metalab eval (repeatable)")
+    args = p.parse_args()
+    out = args.out or f"runs/bench-{args.name}"
+    metalab = [sys.executable, "-m", "metalab.cli"]
+    train_cmd = metalab + ["train", args.config, "--data-dir", args.data_dir, "--out", out, "--device", args.device,
+                           "--quiet", *shlex.split(args.train_args)]
+    start = time.monotonic()
+    run(train_cmd)
+    train_s = time.monotonic() - start
+    evals = []
+    for extra in args.eval_args or [""]:
+        cmd = metalab + ["eval", out, "--data-dir", args.data_dir, "--device", args.device, "--json", *shlex.split(extra)]
+        result = json.loads(run(cmd))
+        result["command"] = shlex.join(["metalab", *cmd[3:]])
+        evals.append(result)
+        print(f"{result['ways']}-way {result['shots']}-shot: {result['accuracy']:.2f} ± {result['ci95']:.2f}%", file=sys.stderr)
+    lines = [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    curve = [{"step": r["step"], "val_accuracy": round(r["val_accuracy"], 3)} for r in lines if "val_accuracy" in r]
+    last_train = [r for r in lines if "loss" in r][-1:]
+    results = {"train_command": shlex.join(["metalab", *train_cmd[3:]]), "train_wall_s": round(train_s, 1),
+               "steps": last_train[0]["step"] if last_train else None, "eval": evals, "val_curve": curve}
+    path = write_result(Path("benchmarks/results") / f"{args.name}.json", shlex.join(["python", *sys.argv]), results)
+    print(path)
+
+
+if __name__ == "__main__":
+    main()
