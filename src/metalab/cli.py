@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--max-minutes", type=float, help="wall-clock budget; training ends cleanly with checkpoints")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    p.add_argument("--download", action="store_true", help="fetch missing official dataset files first")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set train.lr_step=500 --set algorithm.distance=cosine")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -84,7 +85,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     flags = {"data.data_dir": data_dir, "train.steps": args.steps, "train.ways": args.ways,
              "train.shots": args.shots, "train.queries": args.queries, "train.meta_batch": args.meta_batch,
              "train.lr": args.lr, "train.seed": args.seed, "train.device": args.device,
-             "train.max_minutes": args.max_minutes}
+             "train.max_minutes": args.max_minutes, "data.download": args.download or None}
     overrides = [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None] + args.overrides
     cfg = load_config(args.config, overrides)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem

@@ -37,6 +37,7 @@ class DataConfig:
     invert: bool = False  # folder datasets: dark strokes on light paper → bright on dark, like Omniglot
     rotations: list[int] | None = None  # omniglot: rotations as new classes; None = the scheme's default
     within_group: bool = False  # all N classes of a task from one alphabet (Lake et al. 2015)
+    download: bool = False  # omniglot: fetch missing official zips (sha256-checked) into data_dir
 
 
 @dataclass

@@ -21,7 +21,8 @@ def omniglot_split(data: DataConfig, split: str) -> ClassIndexedDataset:
     from metalab.data.omniglot import load_omniglot
 
     rotations = None if data.rotations is None else tuple(data.rotations)
-    return load_omniglot(_data_dir(data), data.scheme, split, image_size=data.image_size, rotations=rotations)
+    return load_omniglot(_data_dir(data), data.scheme, split, image_size=data.image_size,
+                         rotations=rotations, download=data.download)
 
 
 @DATASETS.register("folder")
