@@ -66,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("list", help="algorithms, datasets, backbones and presets")
 
+    p = sub.add_parser("bench", help="MAML meta-training speed: tasks in parallel (vmap) vs the per-task loop")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--repeats", type=int, default=3, help="timed steps per setting (best is kept)")
+    p.add_argument("--out", help="also write the results with command, commit and hardware to this JSON file")
+    p.add_argument("--json", action="store_true")
+
     p = sub.add_parser("data", help="dataset tools")
     dsub = p.add_subparsers(dest="data_command", required=True)
     q = dsub.add_parser("info", help="alphabets, characters, images and classes per split")
@@ -157,6 +163,25 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from metalab.bench import run_bench
+    from metalab.engine.build import resolve_device
+    from metalab.provenance import write_result
+
+    device = resolve_device(args.device)
+    result = run_bench(device, args.repeats)
+    if args.out:
+        write_result(args.out, "metalab " + " ".join(sys.argv[1:]), result, device)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"second-order MAML meta-training on {result['device']} ({result['hardware']}), tasks/s:")
+    for row in result["settings"]:
+        print(f"  {row['name']:18s} vmap {row['vmap_tasks_per_s']:8.1f}   loop {row['loop_tasks_per_s']:8.1f}   "
+              f"ratio {row['ratio']:.2f}x")
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     import metalab.algorithms  # noqa: F401
     import metalab.data.sources  # noqa: F401
@@ -184,7 +209,8 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "list": cmd_list, "data": cmd_data}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "list": cmd_list, "data": cmd_data,
+            "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,92 @@
+"""Speed of second-order MAML meta-training: the tasks of a meta-batch in parallel (vmap) versus the
+per-task reference loop, on Omniglot-shaped inputs (1×28×28, Conv-4 with 64 filters, random images).
+
+    from metalab.bench import run_bench
+    run_bench(torch.device("cpu"))   # {"settings": [{"name": "5w1s-q1", "vmap_tasks_per_s": ..., ...}], ...}
+
+One meta-training step = ``meta_loss`` + ``backward`` (the optimizer step is the same for both and left
+out). Settings (issue 3): 5-way 1-shot with 1 and with 15 queries per class, meta-batch 32, one inner
+step; 20-way 1-shot, 5 queries, 5 inner steps, meta-batch 16.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass
+
+import torch
+
+from metalab.algorithms.optimization.maml import MAML
+from metalab.episodes import Episode
+
+
+@dataclass
+class Setting:
+    name: str
+    ways: int
+    queries: int
+    meta_batch: int
+    inner_steps: int
+    inner_lr: float
+
+
+SETTINGS = (Setting("5w1s-q1", 5, 1, 32, 1, 0.4), Setting("5w1s-q15", 5, 15, 32, 1, 0.4),
+            Setting("20w1s-q5-5steps", 20, 5, 16, 5, 0.1))
+
+
+def _episode(s: Setting, device: torch.device, generator: torch.Generator) -> Episode:
+    n, b = s.ways, s.meta_batch
+    labels = lambda per: torch.arange(n).repeat_interleave(per).expand(b, -1).to(device)  # noqa: E731
+    sx = torch.rand(b, n, 1, 28, 28, generator=generator).to(device)
+    qx = torch.rand(b, n * s.queries, 1, 28, 28, generator=generator).to(device)
+    return Episode(sx, labels(1), qx, labels(s.queries), n)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time(learner: MAML, episode: Episode, device: torch.device, repeats: int) -> tuple[float, int | None]:
+    """Seconds per meta-training step (best of ``repeats`` after one warm-up) and peak memory in bytes."""
+    def step() -> None:
+        learner.zero_grad(set_to_none=True)
+        learner.meta_loss(episode).loss.backward()
+
+    step()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    return min(times), peak
+
+
+def run_bench(device: torch.device, repeats: int = 3, settings: tuple[Setting, ...] = SETTINGS) -> dict:
+    """Tasks per second of vmap and of the loop for each setting, their ratio, and peak memory
+    (``torch.cuda.max_memory_allocated`` on a GPU; None on the CPU, where no allocator statistics exist)."""
+    generator = torch.Generator().manual_seed(0)
+    rows = []
+    for s in settings:
+        episode = _episode(s, device, generator)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            learner = MAML(MAML.Config(inner_lr=s.inner_lr, inner_steps=s.inner_steps), (1, 28, 28), s.ways).to(device)
+        row: dict = {"name": s.name, "ways": s.ways, "shots": 1, "queries": s.queries, "meta_batch": s.meta_batch,
+                     "inner_steps": s.inner_steps}
+        for parallel in ("vmap", "loop"):
+            learner.options.parallel = parallel
+            seconds, peak = _time(learner, episode, device, repeats)
+            row[f"{parallel}_tasks_per_s"] = s.meta_batch / seconds
+            row[f"{parallel}_peak_bytes"] = peak
+        row["ratio"] = row["vmap_tasks_per_s"] / row["loop_tasks_per_s"]
+        rows.append(row)
+    return {"device": str(device), "hardware": torch.cuda.get_device_name(device) if device.type == "cuda"
+            else platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "repeats": repeats, "settings": rows}
