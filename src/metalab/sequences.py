@@ -1,0 +1,159 @@
+"""Label-delayed sequences: the episodes of Santoro et al. (2016) for memory-augmented networks.
+
+A :class:`SequenceBatch` holds B episodes of T = N·I steps (N classes × I instances of each)::
+
+    x         (B, T, C, H, W)   the images, in a random order per episode
+    y         (B, T)            their labels 0..N-1, the class → label map shuffled per episode
+    instance  (B, T)            1 at a class's first appearance, 2 at its second, ... (1-based)
+    delayed_y (B, T)            the label shown with x_t: y_{t-1}, and NULL_LABEL (-1) at step 0
+
+The learner sees x_t together with y_{t−1} and must predict y_t before it is revealed at step t+1
+(Santoro et al. 2016, §3.1 and Fig. 1; Omniglot protocol: 5 classes × 10 instances = 50 steps).
+
+Sampling is the episode layer's: :meth:`EpisodeSampler.sample_indices` draws the N classes and
+I distinct images of each (``shots = instances``, no queries) with an explicit CPU generator; the
+step order and the label permutation are drawn from the same generator, and the images are gathered
+on the dataset's device. A :class:`FixedSequences` set is a pure function of (split, ways, instances,
+count, seed), like :class:`~metalab.episodes.FixedEpisodes`.
+
+Standard N-way K-shot episodes become sequences too (MANN's and SNAIL's ``predict``): the class-major
+support set is interleaved by :func:`support_order` — random per task in training
+(:class:`ShuffledSupportSampler`), one fixed permutation at evaluation, so results do not depend on
+how the fixed episodes are batched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import Tensor
+
+from metalab.data.base import ClassIndexedDataset
+from metalab.episodes import Episode, EpisodeSampler, to_float
+from metalab.errors import DataError
+
+NULL_LABEL = -1  # the "label" shown with the first step: no previous example
+
+
+@dataclass
+class SequenceBatch:
+    """B label-delayed episodes (see the module docstring for shapes)."""
+
+    x: Tensor
+    y: Tensor
+    instance: Tensor
+    ways: int
+    classes: Tensor | None = None  # (B, N) dataset class ids behind labels 0..N-1
+
+    @property
+    def delayed_y(self) -> Tensor:
+        """(B, T): y shifted one step right, NULL_LABEL at step 0 — the label input of each step."""
+        null = torch.full_like(self.y[:, :1], NULL_LABEL)
+        return torch.cat([null, self.y[:, :-1]], dim=1)
+
+    def to(self, device: torch.device | str) -> "SequenceBatch":
+        return SequenceBatch(self.x.to(device), self.y.to(device), self.instance.to(device), self.ways,
+                             None if self.classes is None else self.classes.to(device))
+
+
+@dataclass
+class SequenceIndices:
+    """What defines a batch of sequences, all on the CPU: class ids (B, N) with label 0..N-1 in their
+    order, image indices (B, N, I), and the step order (B, T): step t shows flat item order[t] = n·I + i."""
+
+    classes: Tensor
+    index: Tensor
+    order: Tensor
+
+    def __getitem__(self, sl: slice) -> "SequenceIndices":
+        return SequenceIndices(self.classes[sl], self.index[sl], self.order[sl])
+
+
+class SequenceSampler:
+    """Draws batches of label-delayed sequences: N classes × I instances in a random order.
+
+    Args:
+        dataset: the split to sample from (its tensors may live on any device).
+        ways: N classes per episode (Santoro et al.: 5).
+        instances: I images per class (Santoro et al.: 10), so T = N·I steps.
+        meta_batch: episodes per batch (B).
+        within_group: draw all N classes from one group (an Omniglot alphabet).
+    """
+
+    def __init__(self, dataset: ClassIndexedDataset, ways: int, instances: int, meta_batch: int = 1,
+                 within_group: bool = False) -> None:
+        if instances < 1:
+            raise DataError(f"algorithm.instances {instances} is invalid: it must be at least 1")
+        self.episodes = EpisodeSampler(dataset, ways, instances, 0, meta_batch, within_group)
+        self.dataset, self.ways, self.instances, self.meta_batch = dataset, ways, instances, meta_batch
+
+    def sample_indices(self, generator: torch.Generator, tasks: int | None = None) -> SequenceIndices:
+        classes, index = self.episodes.sample_indices(generator, tasks)  # (B, N), (B, N, I)
+        b, n = classes.shape
+        # Labels shuffled per episode: label l names class classes[l] (a random permutation of the draw).
+        labels = torch.rand(b, n, generator=generator).argsort(dim=1)  # (B, N)
+        classes, index = classes.gather(1, labels), index.gather(1, labels[..., None].expand_as(index))
+        order = torch.rand(b, n * self.instances, generator=generator).argsort(dim=1)  # (B, T)
+        return SequenceIndices(classes, index, order)
+
+    def gather(self, ids: SequenceIndices) -> SequenceBatch:
+        """Build the SequenceBatch for given indices, gathering the images on the dataset's device."""
+        b, n, i = ids.index.shape
+        device = self.dataset.device
+        flat = ids.index.flatten(1).gather(1, ids.order)  # (B, T) image index of each step
+        x = to_float(self.dataset.images[flat.to(device)])  # (B, T, C, H, W)
+        y = ids.order // i  # (B, T): item n·I + j belongs to label n
+        # instance number: how many times the step's label has appeared up to and including this step
+        seen = torch.nn.functional.one_hot(y, n).cumsum(1)  # (B, T, N)
+        instance = seen.gather(2, y[..., None]).squeeze(2)  # (B, T)
+        return SequenceBatch(x, y.to(device), instance.to(device), n, ids.classes.to(device))
+
+    def sample(self, generator: torch.Generator) -> SequenceBatch:
+        return self.gather(self.sample_indices(generator))
+
+
+class FixedSequences:
+    """A fixed evaluation set of ``count`` sequences drawn once from ``seed`` (CPU indices, one call),
+    so it depends neither on the batch size used to evaluate it nor on the device."""
+
+    def __init__(self, dataset: ClassIndexedDataset, ways: int, instances: int, count: int, seed: int,
+                 within_group: bool = False) -> None:
+        if count < 1:
+            raise DataError(f"--episodes {count} is invalid: evaluate at least one sequence")
+        self.sampler = SequenceSampler(dataset, ways, instances, 1, within_group)
+        self.count, self.seed = count, seed
+        self.ids = self.sampler.sample_indices(torch.Generator().manual_seed(seed), tasks=count)
+
+    def batches(self, batch_size: int) -> Iterator[SequenceBatch]:
+        for start in range(0, self.count, batch_size):
+            yield self.sampler.gather(self.ids[start:start + batch_size])
+
+    def __len__(self) -> int:
+        return self.count
+
+
+def support_order(episode: Episode, generator: torch.Generator | None = None) -> Episode:
+    """The episode with its support set reordered: a random permutation per task drawn from
+    ``generator``, or (None) one fixed permutation of the S positions, the same for every task."""
+    b, s = episode.support_y.shape
+    if generator is None:
+        perm = torch.randperm(s, generator=torch.Generator().manual_seed(0)).expand(b, s)
+    else:
+        perm = torch.rand(b, s, generator=generator).argsort(dim=1)  # (B, S)
+    perm = perm.to(episode.support_y.device)
+    x_index = perm.view(b, s, *[1] * (episode.support_x.dim() - 2)).expand_as(episode.support_x)
+    return Episode(episode.support_x.gather(1, x_index), episode.support_y.gather(1, perm), episode.query_x,
+                   episode.query_y, episode.ways, episode.classes)
+
+
+class ShuffledSupportSampler:
+    """N-way K-shot episodes (an :class:`EpisodeSampler`) whose support sets are in a random order per
+    task, drawn from the same generator: training batches for sequence learners such as SNAIL."""
+
+    def __init__(self, episodes: EpisodeSampler) -> None:
+        self.episodes = episodes
+
+    def sample(self, generator: torch.Generator) -> Episode:
+        return support_order(self.episodes.sample(generator), generator)

@@ -1,0 +1,187 @@
+"""The model-based family: LRUA memory addressing, causality of MANN and SNAIL, the sequence sampler,
+and Meta Networks' fast weights. Small synthetic data: fast."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from metalab.algorithms.model_based import mann as mann_module
+from metalab.algorithms.model_based.mann import MANN, least_used, read_weights, update_usage, write_weights
+from metalab.algorithms.model_based.snail import SNAIL
+from metalab.data.base import ClassIndexedDataset
+from metalab.episodes import EpisodeSampler
+from metalab.sequences import NULL_LABEL, FixedSequences, SequenceSampler, ShuffledSupportSampler
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def dataset() -> ClassIndexedDataset:
+    g = torch.Generator().manual_seed(0)
+    per_class = [torch.randint(0, 256, (12, 1, 16, 16), generator=g, dtype=torch.uint8) for _ in range(9)]
+    return ClassIndexedDataset.from_class_tensors("toy", per_class, [f"c{i}" for i in range(9)])
+
+
+# --- sequence sampler ---------------------------------------------------------------------------
+
+def test_sequence_invariants(dataset):
+    sampler = SequenceSampler(dataset, ways=3, instances=4, meta_batch=5)
+    batch = sampler.sample(torch.Generator().manual_seed(1))
+    assert batch.x.shape == (5, 12, 1, 16, 16) and batch.y.shape == batch.instance.shape == (5, 12)
+    for b in range(5):
+        assert torch.equal(torch.bincount(batch.y[b], minlength=3), torch.full((3,), 4))  # each class I times
+        for n in range(3):  # instance numbers count appearances 1..I in order
+            assert batch.instance[b][batch.y[b] == n].tolist() == [1, 2, 3, 4]
+        # every image of label n comes from class classes[b, n]
+        for t in range(12):
+            c = int(batch.classes[b, batch.y[b, t]])
+            lo = int(dataset.offsets[c])
+            assert any(torch.equal(batch.x[b, t], dataset.images[i].float() / 255) for i in range(lo, lo + 12))
+    assert torch.equal(batch.delayed_y[:, 0], torch.full((5,), NULL_LABEL))
+    assert torch.equal(batch.delayed_y[:, 1:], batch.y[:, :-1])
+    # labels shuffled per episode: the class → label map is not the sorted order everywhere
+    many = sampler.sample_indices(torch.Generator().manual_seed(2), tasks=200)
+    assert not (many.classes.diff(dim=1) > 0).all()
+    first = many.order[:, 0] // 4  # the first step's label is uniform-ish over 0..N-1
+    assert set(first.tolist()) == {0, 1, 2}
+
+
+def test_fixed_sequences_reproducible(dataset):
+    a = FixedSequences(dataset, 3, 4, count=5, seed=3)
+    b = FixedSequences(dataset, 3, 4, count=5, seed=3)
+    one = next(a.batches(5))
+    split = list(b.batches(2))
+    assert torch.equal(one.x, torch.cat([s.x for s in split])) and torch.equal(one.y, torch.cat([s.y for s in split]))
+    other = next(FixedSequences(dataset, 3, 4, count=5, seed=4).batches(5))
+    assert not torch.equal(one.x, other.x)
+
+
+def test_shuffled_support_sampler(dataset):
+    ep = ShuffledSupportSampler(EpisodeSampler(dataset, 3, 2, 1, 4)).sample(torch.Generator().manual_seed(0))
+    assert torch.equal(ep.support_y.sort(1).values, torch.tensor([0, 0, 1, 1, 2, 2]).expand(4, 6))
+    assert not (ep.support_y.diff(dim=1) >= 0).all()  # not all in class-major order
+
+
+# --- LRUA memory addressing --------------------------------------------------------------------
+
+def test_lrua_usage_by_hand():
+    usage = torch.tensor([[0.5, 0.1, 0.9, 0.1]])  # ties broken by slot index
+    lu = least_used(usage, 2)  # slots 1 and 3, in that order
+    assert torch.equal(lu, torch.tensor([[[0.0, 1, 0, 0], [0, 0, 0, 1]]]))
+    read_prev = torch.tensor([[[1.0, 0, 0, 0], [0, 0, 1.0, 0]]])
+    gate = torch.tensor([[0.0, 0.0]])  # σ = 0.5
+    w = write_weights(read_prev, lu, gate)
+    assert torch.allclose(w, torch.tensor([[[0.5, 0.5, 0, 0], [0, 0, 0.5, 0.5]]]))
+    read = torch.tensor([[[0.25, 0.25, 0.25, 0.25], [0.0, 0, 0, 1]]])
+    new = update_usage(usage, read, w, gamma=0.9)
+    # γ·u + Σ_heads (w^r + w^w): slot 0: 0.45 + 0.25 + 0.5; slot 3: 0.09 + 1.25 + 0.5
+    assert torch.allclose(new, torch.tensor([[1.2, 0.84, 1.56, 1.84]]))
+
+
+def test_read_and_write_weights_sum_to_one():
+    torch.manual_seed(0)
+    learner = MANN(MANN.Config(controller=16, slots=8, slot_width=5, read_heads=3), (1, 6, 6), ways=3)
+    keys = torch.randn(2, 3, 5)
+    assert torch.allclose(read_weights(keys, torch.randn(2, 8, 5)).sum(-1), torch.ones(2, 3))
+    state = learner.initial_state(2, torch.device("cpu"))
+    for t in range(6):
+        prev = state
+        _, state = learner.step(state, torch.randn(2, 36), torch.tensor([t % 3 - 1, 1]))
+        assert torch.allclose(state.read_w.sum(-1), torch.ones(2, 3), atol=1e-5)
+        h = state.h
+        w = write_weights(prev.read_w, least_used(prev.usage, 3), learner.gate(h))
+        assert torch.allclose(w.sum(-1), torch.ones(2, 3), atol=1e-5)
+        assert torch.allclose(state.usage, update_usage(prev.usage, state.read_w, w, 0.95), atol=1e-5)
+
+
+# --- causality ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("memory", [True, False])
+def test_mann_causal(dataset, memory):
+    torch.manual_seed(0)
+    learner = MANN(MANN.Config(controller=16, slots=8, slot_width=5, read_heads=2, memory=memory), (1, 16, 16), 3).eval()
+    batch = SequenceSampler(dataset, 3, 4, 2).sample(torch.Generator().manual_seed(0))
+    x, delayed = batch.x, batch.delayed_y
+    base = learner.run(x, delayed)[0]
+    t = 5
+    x2, d2 = x.clone(), delayed.clone()
+    x2[:, t + 1:] = torch.rand_like(x2[:, t + 1:])  # later images
+    d2[:, t + 1:] = (d2[:, t + 1:] + 1) % 3  # y_t and later labels (y_t is shown at step t + 1)
+    out = learner.run(x2, d2)[0]
+    assert torch.allclose(out[:, :t + 1], base[:, :t + 1], atol=1e-6)
+    assert not torch.allclose(out[:, t + 1:], base[:, t + 1:])
+
+
+def test_mann_predict_queries_independent(dataset):
+    torch.manual_seed(0)
+    learner = MANN(MANN.Config(controller=16, slots=8, slot_width=5, read_heads=2), (1, 16, 16), 3).eval()
+    ep = EpisodeSampler(dataset, 3, 2, 2, 2).sample(torch.Generator().manual_seed(0))
+    logits = learner.predict(ep)
+    assert logits.shape == (2, 6, 3)
+    ep.query_x[:, 1:] = torch.rand_like(ep.query_x[:, 1:])  # other queries
+    ep.query_y[:, 0] = 2  # the query's own label is never an input
+    assert torch.allclose(learner.predict(ep)[:, 0], logits[:, 0], atol=1e-6)
+
+
+def test_mann_instance_accuracy(dataset):
+    learner = MANN(MANN.Config(controller=8, slots=4, slot_width=3, read_heads=1), (1, 16, 16), 3)
+    acc = mann_module.instance_accuracy(learner, FixedSequences(dataset, 3, 4, count=3, seed=0), batch_size=2)
+    assert list(acc) == ["1", "2", "3", "4"] and all(0 <= v <= 100 for v in acc.values())
+    assert learner.training  # restored
+
+
+def _snail(ways=3, shots=2) -> SNAIL:
+    torch.manual_seed(0)
+    options = SNAIL.Config(hidden=8, features=8, tc_filters=4, attention=[[4, 4], [4, 4], [4, 4]])
+    return SNAIL(options, (1, 16, 16), ways, shots).eval()
+
+
+def test_snail_causal(dataset):
+    learner = _snail()
+    ep = EpisodeSampler(dataset, 3, 2, 2, 2).sample(torch.Generator().manual_seed(0))
+    prefix, tail = learner.sequence(ep)
+    t = 3
+    ep.support_x[:, t + 1:] = torch.rand_like(ep.support_x[:, t + 1:])  # later steps
+    ep.support_y[:, t + 1:] = (ep.support_y[:, t + 1:] + 1) % 3
+    ep.query_x[:, 1:] = torch.rand_like(ep.query_x[:, 1:])  # the other queries
+    ep.query_y[:, 0] = (ep.query_y[:, 0] + 1) % 3  # the query's own label
+    prefix2, tail2 = learner.sequence(ep)
+    assert torch.allclose(prefix2[:, :t + 1], prefix[:, :t + 1], atol=1e-5)
+    assert not torch.allclose(prefix2[:, t + 1:], prefix[:, t + 1:])
+    assert not torch.allclose(tail2[:, 0], tail[:, 0])  # the query does see the (changed) support
+
+
+def test_snail_branching_equals_full_sequence(dataset):
+    """A query branched off the shared prefix equals the last step of the sequence support + that query."""
+    learner = _snail()
+    ep = EpisodeSampler(dataset, 3, 2, 2, 1).sample(torch.Generator().manual_seed(0))
+    tail = learner.sequence(ep)[1]
+    for j in range(ep.query_x.shape[1]):
+        z = learner.embed(torch.cat([ep.support_x[0], ep.query_x[0, j:j + 1]]))[None]
+        labels = torch.nn.functional.one_hot(ep.support_y, 3).float()
+        seq = torch.cat([z, torch.cat([labels, torch.zeros(1, 1, 3)], 1)], -1)
+        full = learner.out(learner.layers((seq, seq[:, :0]))[0])
+        assert torch.allclose(full[0, -1], tail[0, j], atol=1e-5)
+
+
+# --- Meta Networks -----------------------------------------------------------------------------
+
+def test_metanet_fast_weights_and_support_dependence(dataset):
+    from metalab.algorithms.model_based.metanet import MetaNet
+
+    torch.manual_seed(0)
+    learner = MetaNet(MetaNet.Config(hidden=8, head_hidden=6, meta_hidden=4), (1, 16, 16), ways=3).eval()
+    ep = EpisodeSampler(dataset, 3, 2, 2, 2).sample(torch.Generator().manual_seed(0))
+    feats = learner.base_body(ep.support_x.flatten(0, 1)).unflatten(0, (2, 6))  # (B, S, D)
+    d = feats.shape[-1]
+    assert learner.task_fast_weights(feats, ep.support_y).shape == (2, 6, d)  # Q*: like Q (H, D) per task
+    assert learner.example_fast_weights(feats, ep.support_y).shape == (2, 6, 6 * d + 3 * 6)  # W*_i per example
+    with torch.no_grad():
+        logits = learner.predict(ep)
+        assert logits.shape == (2, 6, 3)
+        relabelled = EpisodeSampler(dataset, 3, 2, 2, 2).sample(torch.Generator().manual_seed(0))
+        relabelled.support_y = (relabelled.support_y + 1) % 3  # same images, other labels
+        assert not torch.allclose(learner.predict(relabelled), logits)
+        relabelled.support_x = torch.rand_like(relabelled.support_x)  # other support images
+        assert not torch.allclose(learner.predict(relabelled), logits)
