@@ -1,0 +1,204 @@
+"""Side-by-side comparison of trained runs on the same fixed test episodes, with paired statistics.
+
+Every run is evaluated on exactly the same :class:`~metalab.episodes.FixedEpisodes` per (ways, shots), so
+two methods can be compared episode by episode: the paired difference of their per-episode accuracies
+``d_e = acc_a(e) − acc_b(e)`` has mean ``d̄`` and 95% confidence interval ``d̄ ± 1.96·s_d/√n`` (s_d with
+Bessel's correction). Pairing removes the between-episode variance that both methods share, so the
+interval is much narrower than the two separate intervals suggest.
+
+    report = compare_runs([Path("runs/protonet"), Path("runs/baseline")], data_dir=None, out_dir=Path("cmp"))
+
+writes ``cmp/compare.md`` (tables), ``cmp/compare.json`` (numbers, skipped settings, environment) and
+``cmp/compare.png`` (accuracy against shots, one panel per ways). A method that cannot run a setting —
+a head with one output per training way (MAML, MANN, SNAIL, MetaNet), or a dataset with too few images
+per class for shots + queries — is skipped for that setting with the reason, not an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from metalab.data.sources import load_split
+from metalab.engine.build import load_learner
+from metalab.engine.evaluate import evaluate, mean_ci95
+from metalab.episodes import FixedEpisodes
+from metalab.errors import ConfigError, DataError
+from metalab.provenance import environment
+
+# The data settings that define a test split: runs differing in one of these see different test images.
+_SPLIT_KEYS = ("dataset", "scheme", "image_size", "channels", "invert", "rotations")
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """Mean per-episode difference a − b and its 95% CI half-width, over the same episodes in the same order.
+
+    Example:
+        >>> paired_difference([1.0, 0.8, 0.6], [0.9, 0.8, 0.4])   # d = (0.1, 0, 0.2): mean 0.1, s = 0.1
+        (0.1, 0.113...)                                           # 1.96 · 0.1 / √3
+    """
+    if len(a) != len(b) or len(a) == 0:
+        raise ValueError(f"paired_difference needs the same, non-empty episodes: {len(a)} vs {len(b)} values")
+    return mean_ci95(torch.as_tensor(a, dtype=torch.float64) - torch.as_tensor(b, dtype=torch.float64))
+
+
+def setting_name(ways: int, shots: int) -> str:
+    return f"{ways}-way {shots}-shot"
+
+
+def _split_identity(data) -> dict[str, Any]:
+    return {k: getattr(data, k) for k in _SPLIT_KEYS}
+
+
+def compare_runs(runs: Sequence[Path], data_dir: Path | None, out_dir: Path, ways: Sequence[int] = (5, 20),
+                 shots: Sequence[int] = (1, 5, 10, 20), queries: int = 15, episodes: int = 1000, seed: int = 0,
+                 device: torch.device = torch.device("cpu"), split: str = "test", batch: int = 25,
+                 checkpoint: str = "best", command: str | None = None,
+                 log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Evaluate trained runs on the same fixed episodes for every (ways, shots); write md, json and png.
+
+    Args:
+        runs: run directories (or checkpoint files); each method is named by its directory.
+        data_dir: the dataset folder (None: the one the first run was trained on).
+        out_dir: where compare.md, compare.json and compare.png are written (created).
+        ways, shots: the settings, every combination. queries: per class, lowered to what the images
+            allow (Omniglot has 20 per class: 10 shots leave 10 queries; 20 shots none, so it is skipped).
+        episodes, seed: the fixed episode set of each setting (the field's protocol: 1000 episodes).
+        split, batch, checkpoint: test split, episodes per evaluation batch, best or last checkpoint.
+        command: the command line that produced the comparison, recorded in compare.json.
+        log: called with one line per evaluated (method, setting), e.g. ``print``.
+
+    Returns:
+        The dict written to compare.json: ``settings``, ``methods`` (per method and setting accuracy,
+        ci95 or ``skipped``), ``paired`` (per setting and pair of methods: difference, ci95, significant).
+
+    Raises:
+        ConfigError: runs trained on different test splits (dataset, scheme, image size, rotations).
+    """
+    if not runs:
+        raise ConfigError("compare needs at least one run directory")
+    learners = {}
+    for run in map(Path, runs):
+        learner, cfg, state = load_learner(run, device, checkpoint)
+        name = run.name if run.is_dir() else f"{run.parent.name}/{run.stem}"
+        if name in learners:
+            name = str(run)
+        learners[name] = (learner, cfg, state, run)
+    _, first_cfg, _, first_run = next(iter(learners.values()))
+    reference = _split_identity(first_cfg.data)
+    for name, (_, cfg, _, run) in learners.items():
+        if _split_identity(cfg.data) != reference:
+            theirs = _split_identity(cfg.data)
+            diff = ", ".join(f"data.{k} {theirs[k]!r} vs {reference[k]!r}" for k in _SPLIT_KEYS if theirs[k] != reference[k])
+            raise ConfigError(f"{run} was trained with other data than {first_run} ({diff}); compare runs "
+                              f"that share one test split")
+    data = dataclasses.replace(first_cfg.data, data_dir=str(data_dir) if data_dir else first_cfg.data.data_dir)
+    test = load_split(data, split).to(device)
+    most = int(test.counts.min())
+
+    settings, methods = [], {name: {"run": str(run), "algorithm": cfg.algorithm_name, "checkpoint": str(state["path"]),
+                                    "step": state["step"], "results": {}} for name, (_, cfg, state, run) in learners.items()}
+    per_episode: dict[tuple[str, str], list[float]] = {}
+    for n, k in itertools.product(ways, shots):
+        key, q = setting_name(n, k), min(queries, most - k)
+        settings.append({"name": key, "ways": n, "shots": k, "queries": q})
+        try:
+            if q < 1:
+                raise DataError(f"{test.name} has {most} images per class: {k} shots leave no query")
+            fixed = FixedEpisodes(test, n, k, q, episodes, seed)
+        except (ConfigError, DataError) as e:
+            for m in methods.values():
+                m["results"][key] = {"skipped": str(e)}
+            continue
+        for name, (learner, *_rest) in learners.items():
+            try:
+                result = evaluate(learner, fixed, batch)
+            except (ConfigError, DataError) as e:  # e.g. a head with one output per training way
+                methods[name]["results"][key] = {"skipped": str(e)}
+                continue
+            per_episode[name, key] = result.per_episode.tolist()
+            methods[name]["results"][key] = {"accuracy": round(result.accuracy, 4), "ci95": round(result.ci95, 4)}
+            if log is not None:
+                log(f"{name}: {key} ({q} queries) {result.accuracy:.2f} ± {result.ci95:.2f}%")
+
+    paired = []
+    for s in settings:
+        for a, b in itertools.combinations(methods, 2):
+            if (a, s["name"]) in per_episode and (b, s["name"]) in per_episode:
+                mean, ci = paired_difference(per_episode[a, s["name"]], per_episode[b, s["name"]])
+                paired.append({"setting": s["name"], "a": a, "b": b, "difference": round(100 * mean, 4),
+                               "ci95": round(100 * ci, 4), "significant": abs(mean) > ci})
+    report = {"command": command, "split": split, "dataset": test.name, "episodes": episodes, "seed": seed,
+              "settings": settings, "methods": methods, "paired": paired, "environment": environment(device)}
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "compare.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out_dir / "compare.md").write_text(markdown_report(report))
+    plot_report(report, out_dir / "compare.png")
+    return report
+
+
+def markdown_report(report: dict[str, Any]) -> str:
+    """The Markdown tables of a :func:`compare_runs` report: accuracy ± CI, then the paired differences."""
+    settings = [s["name"] for s in report["settings"]]
+    lines = [f"# Comparison on {report['dataset']} ({report['split']} split)", "",
+             f"{report['episodes']} fixed episodes per setting (seed {report['seed']}), the same for every method; "
+             f"accuracy in % ± 95% confidence interval.", ""]
+    if report.get("command"):
+        lines += [f"Command: `{report['command']}`", ""]
+    lines += ["| method | algorithm | " + " | ".join(settings) + " |", "|---|---|" + "---|" * len(settings)]
+    notes: list[str] = []
+    for name, m in report["methods"].items():
+        cells = []
+        for s in settings:
+            r = m["results"][s]
+            if "skipped" in r:
+                if r["skipped"] not in notes:
+                    notes.append(r["skipped"])
+                cells.append(f"— [{notes.index(r['skipped']) + 1}]")
+            else:
+                cells.append(f"{r['accuracy']:.2f} ± {r['ci95']:.2f}")
+        lines.append(f"| {name} | {m['algorithm']} | " + " | ".join(cells) + " |")
+    queries = ", ".join(f"{s['name']}: {s['queries']}" for s in report["settings"])
+    lines += ["", f"Queries per class: {queries}."]
+    if notes:
+        lines += ["", "Skipped:"] + [f"{i + 1}. {note}" for i, note in enumerate(notes)]
+    if report["paired"]:
+        lines += ["", "## Paired differences (a − b, same episodes)", "",
+                  "Mean of the per-episode accuracy differences ± 1.96·s/√n, in percentage points; "
+                  "* marks an interval that excludes 0.", "", "| setting | a | b | a − b |", "|---|---|---|---|"]
+        for p in report["paired"]:
+            star = " *" if p["significant"] else ""
+            lines.append(f"| {p['setting']} | {p['a']} | {p['b']} | {p['difference']:+.2f} ± {p['ci95']:.2f}{star} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_report(report: dict[str, Any], path: Path) -> None:
+    """Accuracy (± CI) against shots per method, one panel per ways; written as PNG with the Agg canvas."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    ways = sorted({s["ways"] for s in report["settings"]})
+    fig = Figure(figsize=(5 * len(ways), 4), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(ways), squeeze=False)[0]
+    for ax, n in zip(axes, ways):
+        for name, m in report["methods"].items():
+            points = [(s["shots"], m["results"][s["name"]]) for s in report["settings"] if s["ways"] == n]
+            points = [(k, r) for k, r in points if "accuracy" in r]
+            if points:
+                ax.errorbar([k for k, _ in points], [r["accuracy"] for _, r in points],
+                            yerr=[r["ci95"] for _, r in points], marker="o", capsize=3, label=name)
+        ax.set_xticks(sorted({s["shots"] for s in report["settings"]}))
+        ax.set_title(f"{n}-way ({report['dataset']})")
+        ax.set_xlabel("shots per class")
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(alpha=0.3)
+        if ax.has_data():
+            ax.legend(fontsize="small")
+    fig.savefig(path, dpi=120)
