@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from metalab.errors import MetalabError
+from metalab.errors import ConfigError, MetalabError
 
 PRESETS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override any config key, e.g. --set train.lr_step=500 --set algorithm.distance=cosine")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    p = sub.add_parser("eval", help="evaluate a trained run on fixed test episodes (mean accuracy ± 95%% CI)")
+    p = sub.add_parser("eval", help="evaluate a trained run on fixed test episodes (mean accuracy or MSE ± 95%% CI)")
     p.add_argument("run", help="run directory (uses best.pt, else last.pt) or checkpoint file")
     p.add_argument("--data-dir", help="folder holding the dataset (default: the one the run was trained on)")
     p.add_argument("--split", help="split to evaluate on (default: test)")
@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--baseline", metavar="RUN", help="regression: a run of the pre-trained baseline "
+                   "(configs/sinusoid/pretrained.yaml) measured on the same tasks, reported as baseline_curve")
+    p.add_argument("--plot", metavar="PATH", help="regression: where to write the PNG plot "
+                   "(default: regression-<split>.png beside the checkpoint)")
 
     p = sub.add_parser("predict", help="adapt a trained learner to your own examples and classify queries")
     p.add_argument("run", help="run directory or checkpoint file")
@@ -109,7 +113,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from metalab.data.sources import load_split
     from metalab.engine.build import load_learner, resolve_device
     from metalab.engine.evaluate import evaluate
-    from metalab.episodes import FixedEpisodes
+    from metalab.episodes import fixed_episodes, is_regression
 
     device = resolve_device(args.device)
     learner, cfg, state = load_learner(args.run, device, args.checkpoint)
@@ -118,14 +122,40 @@ def cmd_eval(args: argparse.Namespace) -> int:
                             ("shots", args.shots), ("queries", args.queries), ("episodes", args.episodes),
                             ("seed", args.seed)) if v is not None})
     split = load_split(data, e.split).to(device)
-    episodes = FixedEpisodes(split, e.ways, e.shots, e.queries, e.episodes, e.seed, data.within_group)
+    if (args.baseline or args.plot) and not is_regression(split):
+        raise ConfigError("--baseline and --plot are for regression runs (sinusoid); "
+                          f"this run was trained on {cfg.data.dataset}")
+    episodes = fixed_episodes(split, e.ways, e.shots, e.queries, e.episodes, e.seed, data.within_group)
     result = evaluate(learner, episodes, e.batch)
-    report = {"accuracy": round(result.accuracy, 4), "ci95": round(result.ci95, 4), "episodes": e.episodes,
+    report = {result.metric: round(result.value, 4), "ci95": round(result.ci95, 4), "episodes": e.episodes,
               "ways": e.ways, "shots": e.shots, "queries": e.queries, "split": e.split, "seed": e.seed,
               "algorithm": cfg.algorithm_name, "dataset": split.name, "checkpoint": str(state["path"]),
               "step": state["step"], "device": str(device)}
+    if is_regression(split):
+        from metalab.regression import regression_report
+
+        baseline = None
+        if args.baseline:
+            baseline, bcfg, bstate = load_learner(args.baseline, device, args.checkpoint)
+            report["baseline"] = str(bstate["path"])
+            if bcfg.data.dataset != cfg.data.dataset:
+                raise ConfigError(f"--baseline {args.baseline} was trained on '{bcfg.data.dataset}', not "
+                                  f"'{cfg.data.dataset}'; train it with configs/sinusoid/pretrained.yaml")
+        plot = Path(args.plot) if args.plot else Path(state["path"]).parent / f"regression-{e.split}.png"
+        shots = (args.shots,) if args.shots else None
+        report |= regression_report(learner, split, e, baseline, plot, shots)
     if args.json:
         print(json.dumps(report))
+    elif is_regression(split):
+        print(f"{cfg.algorithm_name} on {split.name}, {e.shots}-shot ({e.queries} query points), {e.episodes} "
+              f"tasks: MSE {result.value:.3f} ± {result.ci95:.3f}")
+        for k, row in report["curve"].items():
+            print(f"  K={k:<3s} MSE by step 0..{len(row['mse']) - 1}: " + " ".join(f"{v:.3f}" for v in row["mse"]))
+            if report["baseline_curve"]:
+                print("        pretrained baseline:  " + " ".join(f"{v:.3f}" for v in report["baseline_curve"][k]["mse"]))
+        if not report["baseline_curve"]:
+            print("  (no baseline: pass --baseline RUN, a run of configs/sinusoid/pretrained.yaml)")
+        print(f"  plot: {report['plot']}")
     else:
         print(f"{cfg.algorithm_name} on {split.name}, {e.ways}-way {e.shots}-shot ({e.queries} queries), "
               f"{e.episodes} episodes: {result.accuracy:.2f} ± {result.ci95:.2f}%")

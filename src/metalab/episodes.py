@@ -12,12 +12,17 @@ device); the images are then gathered on the dataset's own device in one indexin
 A :class:`FixedEpisodes` set is a pure function of (dataset split, ways, shots, queries, count, seed):
 every algorithm evaluated with the same arguments sees exactly the same episodes, so methods can be
 compared pairwise.
+
+Other task sources: a regression source (sinusoid, :mod:`metalab.data.sinusoid`) has float targets
+``support_y (B, K, 1)``, ``query_y (B, Q, 1)`` and ``ways = 0``; it supplies its own sampler and fixed
+sets. Code that serves any source (the engine, ``MetaLearner.train_sampler``) goes through
+:func:`episode_sampler`, :func:`fixed_episodes`, :func:`input_shape` and :func:`is_regression`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor
@@ -146,3 +151,34 @@ class FixedEpisodes:
 
     def __len__(self) -> int:
         return self.count
+
+
+# Any task source: a ClassIndexedDataset here; another source (sinusoid regression) by its own methods
+# ``episode_sampler(ways, shots, queries, meta_batch, within_group)`` and ``fixed_episodes(ways, shots,
+# queries, count, seed, within_group)``, which check their arguments (a regression source rejects ways ≠ 0).
+
+def episode_sampler(source: Any, ways: int, shots: int, queries: int, meta_batch: int = 1,
+                    within_group: bool = False) -> Any:
+    """Training episode batches from any task source (an object with ``sample(generator) -> Episode``)."""
+    if isinstance(source, ClassIndexedDataset):
+        return EpisodeSampler(source, ways, shots, queries, meta_batch, within_group)
+    return source.episode_sampler(ways, shots, queries, meta_batch, within_group)
+
+
+def fixed_episodes(source: Any, ways: int, shots: int, queries: int, count: int, seed: int,
+                   within_group: bool = False) -> Any:
+    """A fixed evaluation set from any task source (``batches(batch_size)``, ``len``): a pure function of
+    (split, ways, shots, queries, count, seed), the same for every algorithm and device."""
+    if isinstance(source, ClassIndexedDataset):
+        return FixedEpisodes(source, ways, shots, queries, count, seed, within_group)
+    return source.fixed_episodes(ways, shots, queries, count, seed, within_group)
+
+
+def input_shape(source: Any) -> tuple[int, ...]:
+    """The shape of one input example: (C, H, W) for images, (1,) for sinusoid regression."""
+    return source.image_shape if isinstance(source, ClassIndexedDataset) else tuple(source.input_shape)
+
+
+def is_regression(source: Any) -> bool:
+    """Whether the source's tasks are regression tasks (float targets, episodes with ``ways = 0``)."""
+    return bool(getattr(source, "regression", False))

@@ -12,6 +12,10 @@ baselines), so the engine serves every method without a special case. Evaluation
 
 ``predict`` may be called under ``torch.no_grad()``; a method that needs gradients to adapt (MAML)
 enables them itself (``torch.func.grad`` ignores an outer ``no_grad``).
+
+Regression (sinusoid): episodes have ``ways = 0`` and float targets (B, K, 1); a method that handles
+them sets ``regression = True`` and its ``predict`` returns query values (B, Q, 1). The engine refuses
+to train a method without it on a regression source (:func:`check_source`).
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from torch import Tensor, nn
 
 from metalab.config import Config, algorithm_options
 from metalab.data.base import ClassIndexedDataset
-from metalab.episodes import Episode, EpisodeSampler
+from metalab.episodes import Episode, episode_sampler, is_regression
+from metalab.errors import ConfigError
 
 
 @dataclass
@@ -45,15 +50,17 @@ class MetaLearner(nn.Module):
     """Base class of all algorithms. Subclasses define ``Config`` (a dataclass of their options)."""
 
     Config: ClassVar[type]
+    regression: ClassVar[bool] = False  # handles regression episodes (ways = 0, float targets)
 
     @classmethod
     def from_config(cls, cfg: Config, input_shape: tuple[int, ...]) -> "MetaLearner":
         return cls(algorithm_options(cfg, cls.Config), input_shape)
 
     def train_sampler(self, split: ClassIndexedDataset, cfg: Config) -> Sampler:
-        """Training batches: by default N-way K-shot episode batches of ``cfg.train``'s shape."""
+        """Training batches: by default episode batches of ``cfg.train``'s shape from any task source
+        (N-way K-shot for images; K support and Q query points for regression)."""
         t = cfg.train
-        return EpisodeSampler(split, t.ways, t.shots, t.queries, t.meta_batch, cfg.data.within_group)
+        return episode_sampler(split, t.ways, t.shots, t.queries, t.meta_batch, cfg.data.within_group)
 
     def meta_loss(self, batch: Any) -> StepOutput:
         raise NotImplementedError
@@ -61,6 +68,23 @@ class MetaLearner(nn.Module):
     def predict(self, episode: Episode) -> Tensor:
         """Adapt to each task's support set; return query logits (B, N*Q, N)."""
         raise NotImplementedError
+
+
+def check_source(cfg: Config, source: Any) -> None:
+    """Refuse, before anything is built, an algorithm or task shape the source's kind of task rules out:
+    on a regression source, a method without ``regression = True`` or ways other than 0."""
+    if not is_regression(source):
+        return
+    from metalab.registry import ALGORITHMS
+
+    if not getattr(ALGORITHMS.get(cfg.algorithm_name), "regression", False):
+        able = [n for n in ALGORITHMS.names() if getattr(ALGORITHMS.get(n), "regression", False)]
+        raise ConfigError(f"algorithm '{cfg.algorithm_name}' does not do regression, and dataset "
+                          f"'{cfg.data.dataset}' is a regression dataset; choices: {', '.join(able)}")
+    for key, ways in (("train.ways", cfg.train.ways), ("eval.ways", cfg.eval.ways)):
+        if ways != 0:
+            raise ConfigError(f"--ways {ways} ({key}) given for '{cfg.data.dataset}', a regression dataset: its "
+                              f"tasks have no classes; drop --ways (set train.ways and eval.ways to 0)")
 
 
 def accuracy(logits: Tensor, labels: Tensor) -> Tensor:

@@ -1,4 +1,5 @@
-"""Dataset builders by name: a run's ``data:`` config and a split name → a ClassIndexedDataset."""
+"""Dataset builders by name: a run's ``data:`` config and a split name → a task source: a
+ClassIndexedDataset for images, a :class:`~metalab.data.sinusoid.SinusoidTasks` for sinusoid regression."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from pathlib import Path
 
 from metalab.config import DataConfig
 from metalab.data.base import ClassIndexedDataset, Preprocess
+from metalab.data.sinusoid import SPLITS as SINUSOID_SPLITS, SinusoidTasks
 from metalab.errors import ConfigError, DataError
 from metalab.registry import DATASETS
 
@@ -36,6 +38,17 @@ def folder_split(data: DataConfig, split: str) -> ClassIndexedDataset:
     return load_image_folder(root, preprocess_of(data), name=f"folder-{split}")
 
 
+@DATASETS.register("sinusoid")
+def sinusoid_split(data: DataConfig, split: str) -> SinusoidTasks:
+    """Sinusoid regression (Finn et al. 2017, §5.1): no files; the split only changes fixed-set seeds."""
+    if split not in SINUSOID_SPLITS:
+        raise DataError(f"split '{split}' is unknown for sinusoid; choices: {', '.join(SINUSOID_SPLITS)}")
+    return SinusoidTasks(split)
+
+
+sinusoid_split.splits = SINUSOID_SPLITS  # a builder's `splits`: the splits it offers without looking at files
+
+
 def preprocess_of(data: DataConfig) -> Preprocess:
     """The decoding a dataset config implies (Omniglot: grayscale, strokes bright)."""
     if data.dataset == "omniglot":
@@ -53,9 +66,12 @@ def split_names(data: DataConfig) -> tuple[str, ...]:
         if data.scheme not in SCHEMES:
             raise ConfigError(f"data.scheme '{data.scheme}' is unknown; choices: {', '.join(SCHEMES)}")
         return SCHEMES[data.scheme]
+    fixed = getattr(DATASETS.get(data.dataset), "splits", None)
+    if fixed is not None:
+        return tuple(fixed)
     root = _data_dir(data)
     return tuple(s for s in ("train", "val", "test") if (root / s).is_dir())
 
 
-def load_split(data: DataConfig, split: str) -> ClassIndexedDataset:
+def load_split(data: DataConfig, split: str) -> ClassIndexedDataset | SinusoidTasks:
     return DATASETS.get(data.dataset)(data, split)

@@ -2,7 +2,8 @@
 
 Per step: draw the batch the algorithm asked for (``learner.train_sampler``), compute
 ``learner.meta_loss``, take an optimizer step. Around it: a learning-rate schedule, validation on a
-fixed episode set (best checkpoint by validation accuracy), the last checkpoint every
+fixed episode set (best checkpoint by the validation metric: highest accuracy for classification,
+lowest MSE for regression), the last checkpoint every
 ``checkpoint_every`` steps, JSON-lines metrics, a progress bar on stderr, a wall-clock budget.
 
 Resuming restores model, optimizer, schedule, sampler generator and step from ``last.pt``, so a run
@@ -23,14 +24,14 @@ import yaml
 from tqdm import tqdm
 
 import metalab
-from metalab.algorithms.base import MetaLearner
+from metalab.algorithms.base import MetaLearner, check_source
 from metalab.config import Config, TrainConfig
 from metalab.data.sources import load_split, preprocess_of, split_names
 from metalab.engine.build import build_learner, resolve_device
 from metalab.engine.checkpoint import load_checkpoint, save_checkpoint
 from metalab.engine.evaluate import evaluate
 from metalab.engine.logs import MetricsLog
-from metalab.episodes import FixedEpisodes
+from metalab.episodes import fixed_episodes, input_shape, is_regression
 from metalab.errors import CheckpointError, ConfigError, TrainingError
 
 
@@ -39,7 +40,8 @@ class TrainResult:
     run_dir: Path
     step: int  # steps completed
     stopped: str  # "steps" | "time" | "interrupted"
-    best_val: float | None  # best validation accuracy (percent), if validated
+    best_val: float | None  # best validation score (accuracy in percent, or MSE), if validated
+    metric: str = "accuracy"  # what best_val measures: accuracy | mse
 
 
 def make_optimizer(params, t: TrainConfig) -> torch.optim.Optimizer:
@@ -82,19 +84,21 @@ class Trainer:
 
         splits = split_names(cfg.data)
         train_split = load_split(cfg.data, cfg.data.train_split).to(self.device)
-        self.preprocess = train_split.preprocess
-        self.input_shape = train_split.image_shape
+        check_source(cfg, train_split)
+        self.preprocess = train_split.preprocess  # None for sources that decode nothing (sinusoid)
+        self.input_shape = input_shape(train_split)
         self.learner: MetaLearner = build_learner(cfg, self.input_shape, t.seed).to(self.device)
         self.sampler = self.learner.train_sampler(train_split, cfg)
         self.val_set = None
         if t.val_every > 0 and cfg.data.val_split and cfg.data.val_split in splits:
             e = cfg.eval
             val = load_split(cfg.data, cfg.data.val_split).to(self.device)
-            self.val_set = FixedEpisodes(val, e.ways, e.shots, e.queries, t.val_episodes, e.seed, cfg.data.within_group)
+            self.val_set = fixed_episodes(val, e.ways, e.shots, e.queries, t.val_episodes, e.seed, cfg.data.within_group)
         self.optimizer = make_optimizer(self.learner.parameters(), t)
         self.schedule = make_schedule(self.optimizer, t)
         self.generator = torch.Generator().manual_seed(t.seed)
         self.step, self.best_val, self.elapsed_s = 0, None, 0.0
+        self.metric = "mse" if is_regression(train_split) else "accuracy"  # what best_val measures
         self._started = time.monotonic()
         if state is not None:
             self._restore(state, last)
@@ -119,7 +123,7 @@ class Trainer:
             "algorithm": self.cfg.algorithm_name,
             "config": self.cfg.to_dict(),
             "input_shape": list(self.input_shape),
-            "preprocess": vars(self.preprocess),
+            "preprocess": None if self.preprocess is None else vars(self.preprocess),
             "step": self.step,
             "model": self.learner.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -133,9 +137,9 @@ class Trainer:
         if self.val_set is None:
             return
         result = evaluate(self.learner, self.val_set, self.cfg.eval.batch)
-        self.log.write(self.step, {"val_accuracy": result.accuracy, "val_ci95": result.ci95})
-        if self.best_val is None or result.accuracy > self.best_val:
-            self.best_val = result.accuracy
+        self.log.write(self.step, {f"val_{result.metric}": result.value, "val_ci95": result.ci95})
+        if result.better_than(self.best_val):
+            self.best_val = result.value
             save_checkpoint(self.run_dir / "best.pt", self.state())
 
     def fit(self) -> TrainResult:
@@ -174,7 +178,7 @@ class Trainer:
             self.validate()  # the final weights are always validated
         save_checkpoint(self.run_dir / "last.pt", self.state())
         self.log.close()
-        return TrainResult(self.run_dir, self.step, stopped, self.best_val)
+        return TrainResult(self.run_dir, self.step, stopped, self.best_val, self.metric)
 
     def _train_step(self, window: dict[str, list[float]]) -> None:
         batch = self.sampler.sample(self.generator)

@@ -20,6 +20,19 @@ authors' code) and a linear head with one output per way, so training and test w
 Tasks of a meta-batch run in parallel (``parallel: vmap``) or one after another (``loop``, the reference);
 see :mod:`metalab.functional`. Deviations: Meta-SGD's α starts at ``inner_lr`` everywhere; 28×28 inputs
 and max-pooling (the paper's strided convolutions without pooling are not used for Omniglot here).
+
+Regression (sinusoid, Finn et al. 2017, §5.1; episodes with ``ways = 0``, so ``train.ways = eval.ways
+= 0``): the head has one output and the inner and outer losses are the mean squared error. Paper
+settings: the MLP 1-40-40-1 with ReLU (``backbone: mlp, hidden: 40``), K = 10, one inner step with
+α = 0.01, meta-batch 25, Adam 1e-3, 70K iterations; evaluated after 0..10 steps of α = 0.01
+(``predict(episode, steps=k)``). Deviation: PyTorch's default initialisation, not the authors'
+truncated normal (σ = 0.01).
+
+``pretrain`` is the paper's "pretrained on all tasks" baseline (§5.1) in the same code: no inner loop in
+training (``inner_steps: 0``), so the meta-loss is the plain loss of θ on the query points of every
+task of the batch (ordinary regression on points drawn from many tasks), and at test time the same
+``predict`` fine-tunes θ on the support set with ``eval_inner_steps`` SGD steps of ``inner_lr``. (For
+classification it runs too, but labels are relabelled per task, so it learns little that transfers.)
 """
 
 from __future__ import annotations
@@ -44,11 +57,12 @@ PARALLEL = ("auto", "vmap", "loop")
 
 def build_network(backbone: str, hidden: int, input_shape: tuple[int, ...], ways: int) -> nn.Sequential:
     """``net.backbone`` (BatchNorm on batch statistics only, no running statistics) then ``net.head``, a
-    linear layer with one output per way: (batch, C, H, W) → (batch, ways)."""
+    linear layer with one output per way: (batch, C, H, W) → (batch, ways); for regression (``ways = 0``)
+    one output: (batch, *input_shape) → (batch, 1)."""
     body = build_backbone(backbone, in_channels=input_shape[0], hidden=hidden, track_running_stats=False)
     with torch.no_grad():
         features = body(torch.zeros(2, *input_shape)).shape[-1]
-    return nn.Sequential(OrderedDict(backbone=body, head=nn.Linear(features, ways)))
+    return nn.Sequential(OrderedDict(backbone=body, head=nn.Linear(features, ways or 1)))
 
 
 def check_ways(cfg: Config) -> None:
@@ -60,6 +74,8 @@ def check_ways(cfg: Config) -> None:
 
 @ALGORITHMS.register("maml")
 class MAML(MetaLearner):
+    regression = True  # ways = 0: one output, mean squared error
+
     @dataclass
     class Config:
         backbone: str = "conv4"  # Conv-4, as in the paper (built with track_running_stats=False)
@@ -82,7 +98,11 @@ class MAML(MetaLearner):
         for key in ("inner_steps", "eval_inner_steps"):
             if getattr(options, key) < 0:
                 raise ConfigError(f"algorithm.{key} = {getattr(options, key)} is invalid: it must be at least 0")
+        if options.nil and ways == 0:
+            raise ConfigError("algorithm.nil is a classification method (a vote of support labels); "
+                              "set it to false for regression (ways 0)")
         self.options, self.ways = options, ways
+        self.task_loss = F.mse_loss if ways == 0 else F.cross_entropy  # inner and outer loss
         self.net = build_network(options.backbone, options.hidden, input_shape, ways)
         # Meta-SGD: one learnable rate per adapted parameter entry (Li et al. 2017), same order as _adapted().
         self.inner_lrs = nn.ParameterList(
@@ -114,25 +134,31 @@ class MAML(MetaLearner):
     def task(self, grad_fn: fn.GradFn, params: fn.Params, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor,
              steps: int) -> tuple[Tensor, Tensor]:
         """One task with the learner's ``params``: adapt on the support set, score the query set.
-        (S, C, H, W), (S,), (M, C, H, W), (M,) → query loss (), query logits (M, N)."""
+        (S, C, H, W), (S,), (M, C, H, W), (M,) → query loss (), query logits (M, N); regression:
+        (S, 1), (S, 1), (M, 1), (M, 1) → query loss (), query values (M, 1)."""
         o, net = self.options, fn.subset(params, "net")
         if o.adapt == "head":  # ANIL: the body is fixed within the task, so its features are computed once
             body = fn.subset(net, "backbone")
             fs, fq = fn.call(self.net.backbone, body, sx), fn.call(self.net.backbone, body, qx)  # (S, D), (M, D)
             head = self.net.head
-            fast = fn.sgd(lambda p: F.cross_entropy(fn.call(head, p, fs), sy), self._adapted(params),
+            fast = fn.sgd(lambda p: self.task_loss(fn.call(head, p, fs), sy), self._adapted(params),
                           self._lr(params), steps, o.first_order, grad_fn)
             logits = fn.call(head, fast, fq)
         else:
-            fast = fn.sgd(lambda p: F.cross_entropy(fn.call(self.net, p, sx), sy), net, self._lr(params),
+            fast = fn.sgd(lambda p: self.task_loss(fn.call(self.net, p, sx), sy), net, self._lr(params),
                           steps, o.first_order, grad_fn)
             logits = fn.call(self.net, fast, qx)
-        return F.cross_entropy(logits, qy), logits
+        return self.task_loss(logits, qy), logits
 
     def run(self, episode: Episode, steps: int) -> tuple[Tensor, Tensor]:
         """Every task of the episode batch: the mean query loss (its backward gives the meta-gradient)
-        and the query logits (B, N*Q, N)."""
+        and the query logits (B, N*Q, N) (regression: values (B, Q, 1))."""
         if episode.ways != self.ways:
+            if 0 in (episode.ways, self.ways):
+                kinds = {0: "regression"}
+                raise ConfigError(f"the episodes are {kinds.get(episode.ways, 'classification')} tasks but this "
+                                  f"{type(self).__name__} model was trained for {kinds.get(self.ways, 'classification')}; "
+                                  f"evaluate it on the dataset it was trained on")
             raise ConfigError(f"the episodes have {episode.ways} ways but this {type(self).__name__} model's head "
                               f"has {self.ways} outputs; evaluate with --ways {self.ways}")
         loss, _, logits = fn.run_tasks(lambda g, p, *t: self.task(g, p, *t, steps=steps), fn.parameters(self),
@@ -142,12 +168,18 @@ class MAML(MetaLearner):
 
     def meta_loss(self, episode: Episode) -> StepOutput:
         loss, logits = self.run(episode, self.options.inner_steps)
+        if self.ways == 0:
+            return StepOutput(loss)  # the loss is the query MSE
         return StepOutput(loss, {"accuracy": accuracy(logits, episode.query_y).mean().detach()})
 
-    def predict(self, episode: Episode) -> Tensor:
+    def predict(self, episode: Episode, steps: int | None = None) -> Tensor:
+        """Query logits (B, N*Q, N), or values (B, Q, 1) for regression, after ``steps`` inner steps on
+        each task's support set (default ``eval_inner_steps``; 0 = the meta-learned θ itself)."""
+        if steps is not None and steps < 0:
+            raise ConfigError(f"steps = {steps} is invalid: it must be at least 0")
         if self.options.nil:
             return self.nil_logits(episode)
-        return self.run(episode, self.options.eval_inner_steps)[1]
+        return self.run(episode, self.options.eval_inner_steps if steps is None else steps)[1]
 
     def nil_logits(self, episode: Episode) -> Tensor:
         """NIL (Raghu et al. 2020, §5): log of the cosine-softmax-weighted vote of the support labels."""
@@ -186,3 +218,13 @@ class ANIL(MAML):
     @dataclass
     class Config(MAML.Config):
         adapt: str = "head"  # only the head adapts in the inner loop; the body is learned in the outer loop
+
+
+@ALGORITHMS.register("pretrain")
+class Pretrain(MAML):
+    """The "pretrained on all tasks" baseline of Finn et al. 2017, §5.1 (see the module docstring): no
+    inner loop in training, fine-tuning on the support set at test time."""
+
+    @dataclass
+    class Config(MAML.Config):
+        inner_steps: int = 0  # ordinary training of θ on the query points of many tasks
