@@ -30,7 +30,7 @@ def run(cmd: list[str]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("config")
-    p.add_argument("--data-dir", required=True)
+    p.add_argument("--data-dir", help="dataset folder (not needed for generated tasks such as sinusoid)")
     p.add_argument("--name", required=True, help="results file name (benchmarks/results/<name>.json)")
     p.add_argument("--out", help="run directory (default runs/bench-<name>)")
     p.add_argument("--device", default="auto")
@@ -39,20 +39,23 @@ def main() -> None:
     args = p.parse_args()
     out = args.out or f"runs/bench-{args.name}"
     metalab = [sys.executable, "-m", "metalab.cli"]
-    train_cmd = metalab + ["train", args.config, "--data-dir", args.data_dir, "--out", out, "--device", args.device,
+    data = ["--data-dir", args.data_dir] if args.data_dir else []
+    train_cmd = metalab + ["train", args.config, *data, "--out", out, "--device", args.device,
                            "--quiet", *shlex.split(args.train_args)]
     start = time.monotonic()
     run(train_cmd)
     train_s = time.monotonic() - start
     evals = []
     for extra in args.eval_args or [""]:
-        cmd = metalab + ["eval", out, "--data-dir", args.data_dir, "--device", args.device, "--json", *shlex.split(extra)]
+        cmd = metalab + ["eval", out, *data, "--device", args.device, "--json", *shlex.split(extra)]
         result = json.loads(run(cmd))
         result["command"] = shlex.join(["metalab", *cmd[3:]])
         evals.append(result)
-        print(f"{result['ways']}-way {result['shots']}-shot: {result['accuracy']:.2f} ± {result['ci95']:.2f}%", file=sys.stderr)
+        metric = "accuracy" if "accuracy" in result else "mse"
+        print(f"{result.get('ways')}-way {result['shots']}-shot {metric}: {result[metric]:.4g} ± {result['ci95']:.2g}", file=sys.stderr)
     lines = [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    curve = [{"step": r["step"], "val_accuracy": round(r["val_accuracy"], 3)} for r in lines if "val_accuracy" in r]
+    curve = [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}
+             for r in lines if any(k.startswith("val_") for k in r)]
     last_train = [r for r in lines if "loss" in r][-1:]
     results = {"train_command": shlex.join(["metalab", *train_cmd[3:]]), "train_wall_s": round(train_s, 1),
                "steps": last_train[0]["step"] if last_train else None, "eval": evals, "val_curve": curve}

@@ -86,3 +86,17 @@ def test_bad_input_gives_one_line(run_dir, data_dir, tmp_path, capsys):
     assert "no checkpoint" in one_error_line(capsys, ["eval", str(tmp_path), "--data-dir", str(data_dir)])
     with pytest.raises(Exception):
         main(["--debug", "eval", str(junk)])
+
+
+def test_compare_and_challenge_commands(run_dir, data_dir, tmp_path, capsys):
+    import shutil
+
+    other = tmp_path / "protonet-copy"
+    shutil.copytree(run_dir, other)
+    out = tmp_path / "cmp"
+    assert main(["compare", str(run_dir), str(other), "--out", str(out), "--data-dir", str(data_dir),
+                 "--ways", "5", "--shots", "1", "--episodes", "5", "--device", "cpu"]) == 0
+    assert {"compare.md", "compare.json", "compare.png"} <= {p.name for p in out.iterdir()}
+    capsys.readouterr()
+    # the run was trained on the Vinyals split, which holds evaluation alphabets: the challenge refuses it
+    assert "vinyals" in one_error_line(capsys, ["eval", str(run_dir), "--within-alphabet", "--data-dir", str(data_dir)])

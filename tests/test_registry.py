@@ -36,3 +36,4 @@ def test_every_algorithm_trains_and_evaluates(name, data_dir, tmp_path):
     assert out.per_episode.shape == (4,) and math.isfinite(out.accuracy)
     again = evaluate(learner, episodes, batch_size=4)
     assert torch.allclose(out.per_episode, again.per_episode)  # evaluation does not depend on batching
+    assert isinstance(learner.protocol_report(load_split(cfg.data, "test"), cfg.eval), dict)

@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--challenge-runs", metavar="DIR",
+                   help="Lake et al.'s one-shot challenge: the official runs (all_runs.zip or its folder); reports error_rate")
+    p.add_argument("--within-alphabet", action="store_true",
+                   help="20-way 1-shot within-alphabet episodes on the evaluation alphabets (Lake et al. 2015)")
     p.add_argument("--baseline", metavar="RUN", help="regression: a run of the pre-trained baseline "
                    "(configs/sinusoid/pretrained.yaml) measured on the same tasks, reported as baseline_curve")
     p.add_argument("--plot", metavar="PATH", help="regression: where to write the PNG plot "
@@ -69,6 +73,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     sub.add_parser("list", help="algorithms, datasets, backbones and presets")
+
+    p = sub.add_parser("compare", help="evaluate runs side by side on the same fixed episodes (paired statistics)")
+    p.add_argument("runs", nargs="+", help="run directories or checkpoints")
+    p.add_argument("--out", required=True, help="folder for compare.md, compare.json and compare.png")
+    p.add_argument("--data-dir", help="dataset folder (default: the one each run was trained on)")
+    p.add_argument("--ways", type=int, nargs="+", default=[5, 20])
+    p.add_argument("--shots", type=int, nargs="+", default=[1, 5, 10, 20])
+    p.add_argument("--queries", type=int, default=15)
+    p.add_argument("--episodes", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.add_argument("--device", default="auto")
 
     p = sub.add_parser("bench", help="MAML meta-training speed: tasks in parallel (vmap) vs the per-task loop")
     p.add_argument("--device", default="auto")
@@ -100,7 +116,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     result = train(cfg, out, resume=args.resume, progress=not args.quiet)
-    best = "" if result.best_val is None else f", best validation accuracy {result.best_val:.2f}%"
+    unit = "%" if result.metric == "accuracy" else ""
+    best = "" if result.best_val is None else f", best validation {result.metric} {result.best_val:.4g}{unit}"
     how = {"steps": "finished", "time": "stopped by --max-minutes", "interrupted": "interrupted"}[result.stopped]
     print(f"{how} at step {result.step}{best}; checkpoints in {out}"
           + ("; continue with --resume" if result.stopped != "steps" else ""), file=sys.stderr)
@@ -117,6 +134,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     learner, cfg, state = load_learner(args.run, device, args.checkpoint)
+    if args.challenge_runs or args.within_alphabet:
+        return eval_challenge(args, learner, cfg, state, device)
     data = dataclasses.replace(cfg.data, data_dir=args.data_dir or cfg.data.data_dir)
     e = dataclasses.replace(cfg.eval, **{k: v for k, v in (("split", args.split), ("ways", args.ways),
                             ("shots", args.shots), ("queries", args.queries), ("episodes", args.episodes),
@@ -131,6 +150,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
               "ways": e.ways, "shots": e.shots, "queries": e.queries, "split": e.split, "seed": e.seed,
               "algorithm": cfg.algorithm_name, "dataset": split.name, "checkpoint": str(state["path"]),
               "step": state["step"], "device": str(device)}
+    report |= learner.protocol_report(split, e)
     if is_regression(split):
         from metalab.regression import regression_report
 
@@ -162,6 +182,40 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def eval_challenge(args: argparse.Namespace, learner, cfg, state, device) -> int:
+    """Lake et al. 2015's one-shot challenge: the official runs, or within-alphabet 20-way 1-shot episodes."""
+    from metalab.challenge import check_background_only, evaluate_challenge, evaluate_within_alphabet
+    from metalab.data.base import Preprocess
+
+    warning = check_background_only(cfg)  # refuses a run trained on evaluation alphabets
+    if args.challenge_runs:
+        report = evaluate_challenge(learner, Path(args.challenge_runs), Preprocess(**state["preprocess"]), device)
+    else:
+        report = evaluate_within_alphabet(learner, cfg, Path(args.data_dir) if args.data_dir else None,
+                                          args.episodes or 1000, args.seed or 0, device)
+    report |= {"algorithm": cfg.algorithm_name, "checkpoint": str(state["path"]), "step": state["step"],
+               "warning": warning}
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"{cfg.algorithm_name}: error rate {report['error_rate']:.2f}% over {report['trials']} trials"
+              + (f" (warning: {warning})" if warning else ""))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from metalab.compare import compare_runs
+    from metalab.engine.build import resolve_device
+
+    report = compare_runs([Path(r) for r in args.runs], Path(args.data_dir) if args.data_dir else None,
+                          Path(args.out), ways=tuple(args.ways), shots=tuple(args.shots), queries=args.queries,
+                          episodes=args.episodes, seed=args.seed, device=resolve_device(args.device),
+                          checkpoint=args.checkpoint, command="metalab " + " ".join(sys.argv[1:]),
+                          log=lambda line: print(line, file=sys.stderr))
+    print(Path(args.out) / "compare.md")
+    return 0 if report else 1
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     import torch
 
@@ -173,6 +227,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     learner, cfg, state = load_learner(args.run, device, args.checkpoint)
+    if state.get("preprocess") is None:
+        raise ConfigError(f"{state['path']} was trained on '{cfg.data.dataset}', which has no images; "
+                          f"predict classifies images with a run trained on an image dataset")
     pre = Preprocess(**state["preprocess"])
     support = load_image_folder(Path(args.support), pre, name=f"support folder {args.support}")
     labels = torch.repeat_interleave(torch.arange(support.num_classes), support.counts)
@@ -240,7 +297,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "list": cmd_list, "data": cmd_data,
-            "bench": cmd_bench}
+            "bench": cmd_bench, "compare": cmd_compare}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -69,6 +69,11 @@ class MetaLearner(nn.Module):
         """Adapt to each task's support set; return query logits (B, N*Q, N)."""
         raise NotImplementedError
 
+    def protocol_report(self, split: Any, eval_cfg: Any) -> dict[str, Any]:
+        """Results of the method's own evaluation protocol, added to ``metalab eval``'s report beside the
+        standard episodes (e.g. MANN's accuracy by instance number). Default: none."""
+        return {}
+
 
 def check_source(cfg: Config, source: Any) -> None:
     """Refuse, before anything is built, an algorithm or task shape the source's kind of task rules out:

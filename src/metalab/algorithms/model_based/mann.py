@@ -33,6 +33,7 @@ state is branched per query), with the last support label as its delayed label.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -200,6 +201,11 @@ class MANN(MetaLearner):
         query = self.encoder(episode.query_x.flatten(0, 1))  # (B·M, D)
         logits, _ = self.step(state.repeat(m), query, sy[:, -1].repeat_interleave(m))
         return logits.view(b, m, -1)
+
+    def protocol_report(self, split: Any, eval_cfg: Any) -> dict[str, Any]:
+        """Santoro et al.'s sequence protocol on the evaluation split: accuracy by instance number."""
+        sequences = FixedSequences(split, eval_cfg.ways, self.options.instances, eval_cfg.episodes, eval_cfg.seed)
+        return {"instance_accuracy": instance_accuracy(self, sequences, eval_cfg.batch)}
 
 
 @torch.no_grad()
