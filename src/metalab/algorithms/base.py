@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metalab.config import Config, algorithm_options
@@ -90,6 +91,20 @@ def check_source(cfg: Config, source: Any) -> None:
         if ways != 0:
             raise ConfigError(f"--ways {ways} ({key}) given for '{cfg.data.dataset}', a regression dataset: its "
                               f"tasks have no classes; drop --ways (set train.ways and eval.ways to 0)")
+
+
+def classification_step(logits: Tensor, labels: Tensor) -> StepOutput:
+    """The training step of a classifier over the query set: mean cross-entropy and accuracy.
+    (B, M, N) logits or log-probabilities, (B, M) labels."""
+    loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten())
+    return StepOutput(loss, {"accuracy": accuracy(logits, labels).mean().detach()})
+
+
+def require_equal_ways(cfg: Config, why: str) -> None:
+    """Methods with one output unit per way cannot be trained with N ways and tested with another N."""
+    if cfg.train.ways != cfg.eval.ways:
+        raise ConfigError(f"train.ways = {cfg.train.ways} but eval.ways = {cfg.eval.ways}: "
+                          f"{cfg.algorithm_name} {why}, so they must be equal")
 
 
 def accuracy(logits: Tensor, labels: Tensor) -> Tensor:

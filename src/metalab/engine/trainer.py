@@ -26,7 +26,7 @@ from tqdm import tqdm
 import metalab
 from metalab.algorithms.base import MetaLearner, check_source
 from metalab.config import Config, TrainConfig
-from metalab.data.sources import load_split, preprocess_of, split_names
+from metalab.data.sources import load_split, split_names
 from metalab.engine.build import build_learner, resolve_device
 from metalab.engine.checkpoint import load_checkpoint, save_checkpoint
 from metalab.engine.evaluate import evaluate

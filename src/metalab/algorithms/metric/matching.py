@@ -28,10 +28,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metalab.algorithms.base import MetaLearner, StepOutput, accuracy
+from metalab.algorithms.base import MetaLearner, StepOutput, classification_step
 from metalab.algorithms.metric.distances import cosine_similarity, output_shape, per_class
 from metalab.episodes import Episode
 from metalab.errors import ConfigError
@@ -115,9 +114,7 @@ class MatchingNet(MetaLearner):
         return attention_log_probs(scores, episode.support_y, episode.ways)
 
     def meta_loss(self, episode: Episode) -> StepOutput:
-        log_probs = self.logits(episode)
-        loss = F.nll_loss(log_probs.flatten(0, 1), episode.query_y.flatten())
-        return StepOutput(loss, {"accuracy": accuracy(log_probs, episode.query_y).mean().detach()})
+        return classification_step(self.logits(episode), episode.query_y)  # log-probabilities: CE = NLL
 
     def predict(self, episode: Episode) -> Tensor:
         return self.logits(episode)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from metalab.algorithms.base import MetaLearner, StepOutput, accuracy
+from metalab.algorithms.base import MetaLearner, StepOutput, classification_step
 from metalab.episodes import Episode
 from metalab.errors import ConfigError
 from metalab.models import build_backbone
@@ -70,9 +70,7 @@ class ProtoNet(MetaLearner):
         return -squared_euclidean(query, protos)
 
     def meta_loss(self, episode: Episode) -> StepOutput:
-        logits = self.logits(episode)
-        loss = F.cross_entropy(logits.flatten(0, 1), episode.query_y.flatten())
-        return StepOutput(loss, {"accuracy": accuracy(logits, episode.query_y).mean().detach()})
+        return classification_step(self.logits(episode), episode.query_y)
 
     def predict(self, episode: Episode) -> Tensor:
         return self.logits(episode)

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metalab.algorithms.base import MetaLearner, StepOutput
+from metalab.algorithms.base import MetaLearner, StepOutput, require_equal_ways
 from metalab.config import Config, algorithm_options
 from metalab.data.base import ClassIndexedDataset
 from metalab.episodes import Episode
@@ -130,9 +130,7 @@ class MANN(MetaLearner):
 
     @classmethod
     def from_config(cls, cfg: Config, input_shape: tuple[int, ...]) -> "MANN":
-        if cfg.train.ways != cfg.eval.ways:
-            raise ConfigError(f"train.ways = {cfg.train.ways} but eval.ways = {cfg.eval.ways}: "
-                              f"{cfg.algorithm_name}'s output has one unit per label, so they must be equal")
+        require_equal_ways(cfg, "has one output unit per label")
         return cls(algorithm_options(cfg, cls.Config), input_shape, cfg.train.ways)
 
     def train_sampler(self, split: ClassIndexedDataset, cfg: Config) -> SequenceSampler:

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metalab.algorithms.base import MetaLearner, StepOutput, accuracy
+from metalab.algorithms.base import MetaLearner, StepOutput, classification_step, require_equal_ways
 from metalab.config import Config, algorithm_options
 from metalab.episodes import Episode
 from metalab.errors import ConfigError
@@ -88,9 +88,7 @@ class MetaNet(MetaLearner):
 
     @classmethod
     def from_config(cls, cfg: Config, input_shape: tuple[int, ...]) -> "MetaNet":
-        if cfg.train.ways != cfg.eval.ways:
-            raise ConfigError(f"train.ways = {cfg.train.ways} but eval.ways = {cfg.eval.ways}: "
-                              f"{cfg.algorithm_name}'s base learner has one output per way, so they must be equal")
+        require_equal_ways(cfg, "has a base learner with one output per way")
         return cls(algorithm_options(cfg, cls.Config), input_shape, cfg.train.ways)
 
     def represent(self, feats: Tensor, q_fast: Tensor | None) -> Tensor:
@@ -145,9 +143,7 @@ class MetaNet(MetaLearner):
         return hid @ self.w2.T + (w2_fast @ hid[..., None]).squeeze(-1)
 
     def meta_loss(self, episode: Episode) -> StepOutput:
-        logits = self.logits(episode)
-        loss = F.cross_entropy(logits.flatten(0, 1), episode.query_y.flatten())
-        return StepOutput(loss, {"accuracy": accuracy(logits, episode.query_y).mean().detach()})
+        return classification_step(self.logits(episode), episode.query_y)
 
     def predict(self, episode: Episode) -> Tensor:
         return self.logits(episode)

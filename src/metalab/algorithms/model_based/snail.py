@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metalab.algorithms.base import MetaLearner, StepOutput, accuracy
+from metalab.algorithms.base import MetaLearner, StepOutput, classification_step, require_equal_ways
 from metalab.config import Config, algorithm_options
 from metalab.data.base import ClassIndexedDataset
 from metalab.episodes import Episode, EpisodeSampler
@@ -139,9 +139,7 @@ class SNAIL(MetaLearner):
 
     @classmethod
     def from_config(cls, cfg: Config, input_shape: tuple[int, ...]) -> "SNAIL":
-        if cfg.train.ways != cfg.eval.ways:
-            raise ConfigError(f"train.ways = {cfg.train.ways} but eval.ways = {cfg.eval.ways}: "
-                              f"{cfg.algorithm_name} has one label input and output per way, so they must be equal")
+        require_equal_ways(cfg, "has one label input and output per way")
         return cls(algorithm_options(cfg, cls.Config), input_shape, cfg.train.ways, cfg.train.shots)
 
     def train_sampler(self, split: ClassIndexedDataset, cfg: Config) -> ShuffledSupportSampler:
@@ -163,9 +161,7 @@ class SNAIL(MetaLearner):
         return self.out(prefix), self.out(tail)
 
     def meta_loss(self, episode: Episode) -> StepOutput:
-        logits = self.sequence(episode)[1]  # (B, M, N)
-        loss = F.cross_entropy(logits.flatten(0, 1), episode.query_y.flatten())
-        return StepOutput(loss, {"accuracy": accuracy(logits, episode.query_y).mean().detach()})
+        return classification_step(self.sequence(episode)[1], episode.query_y)  # (B, M, N) logits
 
     def predict(self, episode: Episode) -> Tensor:
         return self.sequence(support_order(episode))[1]

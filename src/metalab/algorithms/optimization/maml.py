@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metalab import functional as fn
-from metalab.algorithms.base import MetaLearner, StepOutput, accuracy
+from metalab.algorithms.base import MetaLearner, StepOutput, accuracy, require_equal_ways
 from metalab.config import Config, algorithm_options
 from metalab.episodes import Episode
 from metalab.errors import ConfigError
@@ -67,9 +67,7 @@ def build_network(backbone: str, hidden: int, input_shape: tuple[int, ...], ways
 
 def check_ways(cfg: Config) -> None:
     """The head has one output per way, so training and test ways must be equal."""
-    if cfg.train.ways != cfg.eval.ways:
-        raise ConfigError(f"train.ways = {cfg.train.ways} but eval.ways = {cfg.eval.ways}: "
-                          f"{cfg.algorithm_name}'s head has one output per way, so they must be equal")
+    require_equal_ways(cfg, "has a head with one output per way")
 
 
 @ALGORITHMS.register("maml")
