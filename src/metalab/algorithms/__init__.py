@@ -4,5 +4,6 @@ from metalab.algorithms.base import MetaLearner, StepOutput  # noqa: F401
 from metalab.algorithms.metric import protonet  # noqa: F401
 from metalab.algorithms.metric import matching, relation, siamese  # noqa: F401
 from metalab.algorithms.optimization import maml, reptile  # noqa: F401
+from metalab.algorithms.optimization import meta_lstm  # noqa: F401
 from metalab.algorithms.model_based import mann, metanet, snail  # noqa: F401
 from metalab.algorithms.transfer import finetune  # noqa: F401
