@@ -59,6 +59,13 @@ def main() -> None:
     results = {p.stem: json.loads(p.read_text()) for p in sorted((ROOT / "benchmarks/results").glob("*.json"))}
     lines = ["Accuracy (field protocol: fixed test episodes, mean ± 95% CI):", ""] + accuracy_rows(results) + [""]
     lines += curve_rows(results)
+    for name, r in results.items():
+        if not name.startswith("bench-maml"):
+            continue
+        lines += [f"Second-order MAML meta-training speed, `metalab bench` ({name}, {_env(r['environment'])}):", "",
+                  "| setting | vmap tasks/s | per-task loop tasks/s | vmap ÷ loop |", "|---|---|---|---|"]
+        lines += [f"| {row['name']} | {row['vmap_tasks_per_s']:.2f} | {row['loop_tasks_per_s']:.2f} | {row['ratio']:.2f}× |"
+                  for row in r["results"]["settings"]] + [""]
     sampling = {k: v for k, v in results.items() if k.startswith("sampling")}
     for name, r in sampling.items():
         lines += [f"Episode sampling ({name}, {_env(r['environment'])}): " + ", ".join(
