@@ -9,16 +9,14 @@ from metalab.config import parse_config
 from metalab.episodes import Episode
 from metalab.errors import ConfigError
 from metalab.registry import ALGORITHMS
+from fixtures.tasks import meta_gradient, random_episode
 
 VARIANTS = ["maml", "fomaml", "metasgd", "anil"]
 B, N, K, Q, H = 3, 2, 1, 2, 16  # 3 tasks, 2-way 1-shot 2-query, 16×16 images (Conv-4: 16 → 1)
 
 
 def episode(dtype=torch.float64) -> Episode:
-    g = torch.Generator().manual_seed(0)
-    y = lambda per: torch.arange(N).repeat_interleave(per).expand(B, -1)  # noqa: E731
-    return Episode(torch.randn(B, N * K, 1, H, H, generator=g, dtype=dtype), y(K),
-                   torch.randn(B, N * Q, 1, H, H, generator=g, dtype=dtype), y(Q), N)
+    return random_episode(B, N, K, Q, H, dtype)
 
 
 def learner(name: str, **options) -> MAML:
@@ -27,12 +25,6 @@ def learner(name: str, **options) -> MAML:
     return cls(cls.Config(hidden=8, inner_lr=0.1, **options), (1, H, H), N).double()
 
 
-def meta_gradient(model: MAML, parallel: str, ep: Episode) -> tuple[float, torch.Tensor]:
-    model.options.parallel = parallel
-    model.zero_grad(set_to_none=True)
-    out = model.meta_loss(ep)
-    out.loss.backward()
-    return float(out.loss.detach()), torch.cat([p.grad.flatten() for p in model.parameters()])
 
 
 @pytest.mark.parametrize("steps", [1, 5])

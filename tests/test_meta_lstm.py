@@ -12,15 +12,13 @@ from metalab.config import parse_config
 from metalab.episodes import Episode
 from metalab.errors import ConfigError
 from metalab.registry import ALGORITHMS
+from fixtures.tasks import random_episode
 
 B, N, K, Q, H = 2, 2, 1, 2, 16  # 2 tasks, 2-way 1-shot 2-query, 16×16 images (Conv-4: 16 → 1)
 
 
 def episode(dtype=torch.float64) -> Episode:
-    g = torch.Generator().manual_seed(0)
-    y = lambda per: torch.arange(N).repeat_interleave(per).expand(B, -1)  # noqa: E731
-    return Episode(torch.randn(B, N * K, 1, H, H, generator=g, dtype=dtype), y(K),
-                   torch.randn(B, N * Q, 1, H, H, generator=g, dtype=dtype), y(Q), N)
+    return random_episode(B, N, K, Q, H, dtype)
 
 
 def learner(dtype=torch.float64, **options) -> MetaLSTM:

@@ -20,6 +20,7 @@ from metalab.engine.trainer import Trainer, train
 from metalab.episodes import episode_sampler, fixed_episodes, input_shape, is_regression
 from metalab.errors import ConfigError, DataError
 from metalab.registry import ALGORITHMS
+from fixtures.tasks import meta_gradient
 
 SMALL = {
     "algorithm": {"name": "maml", "backbone": "mlp", "hidden": 8, "inner_lr": 0.01, "eval_inner_steps": 10,
@@ -104,12 +105,6 @@ def learner(name, **options):
     return cls(cls.Config(backbone="mlp", hidden=16, inner_lr=0.01, **options), (1,), 0).double()
 
 
-def meta_gradient(model, parallel, ep):
-    model.options.parallel = parallel
-    model.zero_grad(set_to_none=True)
-    out = model.meta_loss(ep)
-    out.loss.backward()
-    return float(out.loss.detach()), torch.cat([p.grad.flatten() for p in model.parameters()])
 
 
 @pytest.mark.parametrize("steps", [1, 5])
