@@ -153,3 +153,37 @@ def test_autograd_grad_adapts_under_no_grad():
         vmap = fn.run_tasks(task, fn.parameters(net), *tasks(), parallel="vmap")
     assert not loop[0].requires_grad
     assert torch.allclose(loop[2], vmap[2], rtol=0, atol=1e-12)
+
+
+def test_auto_parallel_keeps_the_faster_per_signature():
+    import time
+    calls = []
+
+    def trial(impl):  # the loop is slower here; each trial runs a warm-up and a timed call
+        calls.append(impl)
+        time.sleep(0.02 if impl == "loop" else 0.0)
+
+    auto = fn.AutoParallel()
+    assert auto.choose("a", trial, torch.device("cpu")) == "vmap"
+    assert calls == ["vmap", "vmap", "loop", "loop"] and auto.seconds["a"]["loop"] >= 0.02
+    assert auto.choose("a", trial, torch.device("cpu")) == "vmap" and len(calls) == 4  # measured once per key
+
+    def vmap_out_of_memory(impl):
+        if impl == "vmap":
+            raise torch.OutOfMemoryError("CUDA out of memory")
+
+    assert auto.choose("b", vmap_out_of_memory, torch.device("cpu")) == "loop"
+
+
+def test_auto_parallel_run_tasks_equals_the_reference():
+    net = small_net()
+    task, params = make_task(net, 2, False), fn.parameters(net)
+    auto = fn.AutoParallel()
+    loss, _, logits = auto.run_tasks(task, params, *tasks(), key=2)
+    grads = torch.autograd.grad(loss, list(params.values()))
+    ref_loss, _, ref_logits = fn.run_tasks(task, params, *tasks(), parallel="loop")
+    ref = torch.autograd.grad(ref_loss, list(params.values()))
+    assert len(auto.choices) == 1 and set(auto.choices.values()) <= {"vmap", "loop"}
+    assert all(torch.allclose(g, r, rtol=1e-10, atol=1e-12) for g, r in zip(grads, ref))
+    assert torch.allclose(logits, ref_logits, rtol=0, atol=1e-12)
+    assert not any(p.grad is not None for p in params.values())  # the trials left no gradients behind

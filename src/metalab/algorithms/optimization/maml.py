@@ -18,8 +18,9 @@ The network is Conv-4 with ``track_running_stats=False`` (BatchNorm always uses 
 batch it sees: support in the inner loop, the whole query set after it — transductive, as in the
 authors' code) and a linear head with one output per way, so training and test ways must be equal.
 Tasks of a meta-batch run in parallel (``parallel: vmap``) or one after another (``loop``, the reference);
-see :mod:`metalab.functional`. Deviations: Meta-SGD's α starts at ``inner_lr`` everywhere; 28×28 inputs
-and max-pooling (the paper's strided convolutions without pooling are not used for Omniglot here).
+``auto`` (default) times both on the first batch of each shape and keeps the faster
+(:class:`metalab.functional.AutoParallel`); see :mod:`metalab.functional`. Deviations: Meta-SGD's α
+starts at ``inner_lr`` everywhere; 28×28 inputs and max-pooling (the paper's strided convolutions without pooling are not used for Omniglot here).
 
 Regression (sinusoid, Finn et al. 2017, §5.1; episodes with ``ways = 0``, so ``train.ways = eval.ways
 = 0``): the head has one output and the inner and outer losses are the mean squared error. Paper
@@ -85,7 +86,7 @@ class MAML(MetaLearner):
         learn_inner_lr: bool = False  # Meta-SGD: a learnable α per parameter entry, initialised to inner_lr
         adapt: str = "all"  # parameters adapted in the inner loop: all (MAML) | head (ANIL)
         nil: bool = False  # ANIL's NIL at test time: no head, cosine-similarity vote over the support set
-        parallel: str = "auto"  # tasks of a meta-batch: vmap | loop | auto (loop on CPU, vmap on GPU)
+        parallel: str = "auto"  # tasks of a meta-batch: vmap | loop | auto (the faster, timed on the first batch)
 
     def __init__(self, options: "MAML.Config", input_shape: tuple[int, ...], ways: int = 5) -> None:
         super().__init__()
@@ -100,6 +101,7 @@ class MAML(MetaLearner):
             raise ConfigError("algorithm.nil is a classification method (a vote of support labels); "
                               "set it to false for regression (ways 0)")
         self.options, self.ways = options, ways
+        self.auto = fn.AutoParallel()  # parallel: auto's measured choices
         self.task_loss = F.mse_loss if ways == 0 else F.cross_entropy  # inner and outer loss
         self.net = build_network(options.backbone, options.hidden, input_shape, ways)
         # Meta-SGD: one learnable rate per adapted parameter entry (Li et al. 2017), same order as _adapted().
@@ -120,14 +122,6 @@ class MAML(MetaLearner):
         if self.options.learn_inner_lr:
             return {k: params[f"inner_lrs.{i}"] for i, k in enumerate(self._adapted(params))}
         return self.options.inner_lr
-
-    @property
-    def parallel(self) -> str:
-        """vmap or loop. ``auto``: vmap on accelerators; the loop on the CPU, where ``metalab.bench``
-        measured the exact vmap path (per-task meta-gradients inside vmap) no faster and 2-3× the memory."""
-        if self.options.parallel != "auto":
-            return self.options.parallel
-        return "loop" if next(self.parameters()).device.type == "cpu" else "vmap"
 
     def task(self, grad_fn: fn.GradFn, params: fn.Params, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor,
              steps: int) -> tuple[Tensor, Tensor]:
@@ -159,9 +153,12 @@ class MAML(MetaLearner):
                                   f"evaluate it on the dataset it was trained on")
             raise ConfigError(f"the episodes have {episode.ways} ways but this {type(self).__name__} model's head "
                               f"has {self.ways} outputs; evaluate with --ways {self.ways}")
-        loss, _, logits = fn.run_tasks(lambda g, p, *t: self.task(g, p, *t, steps=steps), fn.parameters(self),
-                                       episode.support_x, episode.support_y, episode.query_x, episode.query_y,
-                                       parallel=self.parallel)
+        task = lambda g, p, *t: self.task(g, p, *t, steps=steps)  # noqa: E731
+        tasks = (episode.support_x, episode.support_y, episode.query_x, episode.query_y)
+        if self.options.parallel == "auto":  # the faster one, timed on the first batch of each shape
+            loss, _, logits = self.auto.run_tasks(task, fn.parameters(self), *tasks, key=steps)
+        else:
+            loss, _, logits = fn.run_tasks(task, fn.parameters(self), *tasks, parallel=self.options.parallel)
         return loss, logits
 
     def meta_loss(self, episode: Episode) -> StepOutput:

@@ -7,7 +7,8 @@ Through the engine's contract: ``meta_loss`` returns the surrogate ``mean_i ½�
 whose gradient w.r.t. θ is ``mean_i(θ − φ̃_i)``. With ``train.optimizer: sgd``, ``momentum: 0`` and
 ``lr: ε`` the engine's step is exactly Reptile's outer update (``lr`` is the paper's outer step size ε).
 The tasks' inner loops run in parallel with ``torch.func.vmap`` (``parallel: vmap``) or one after
-another (``loop``); no gradient flows through them.
+another (``loop``); ``auto`` (default) times both on the first batch of each shape and keeps the
+faster (:class:`metalab.functional.AutoParallel`). No gradient flows through them.
 
 Paper defaults (Omniglot, appendix Table 3, 5-way 1-shot): Adam in the inner loop (β1 = 0) with rate
 1e-3, 5 inner iterations on mini-batches of 10 from 10 training shots per class, meta-batch 5, outer step
@@ -58,7 +59,7 @@ class Reptile(MetaLearner):
         adam_beta1: float = 0.0  # paper: 0
         adam_beta2: float = 0.999
         transductive: bool = True  # score the query set as one batch (paper's better-scoring variant)
-        parallel: str = "auto"  # tasks: vmap | loop | auto (loop on CPU, vmap on GPU)
+        parallel: str = "auto"  # tasks: vmap | loop | auto (the faster, timed on the first batch)
 
     def __init__(self, options: "Reptile.Config", input_shape: tuple[int, ...], ways: int = 5) -> None:
         super().__init__()
@@ -67,6 +68,7 @@ class Reptile(MetaLearner):
         if options.parallel not in ("auto", "vmap", "loop"):
             raise ConfigError(f"algorithm.parallel '{options.parallel}' is unknown; choices: auto, vmap, loop")
         self.options, self.ways = options, ways
+        self.auto = fn.AutoParallel()  # parallel: auto's measured choices
         self.net = build_network(options.backbone, options.hidden, input_shape, ways)
 
     @classmethod
@@ -74,11 +76,6 @@ class Reptile(MetaLearner):
         check_ways(cfg)
         return cls(algorithm_options(cfg, cls.Config), input_shape, cfg.train.ways)
 
-    @property
-    def parallel(self) -> str:
-        if self.options.parallel != "auto":
-            return self.options.parallel
-        return "loop" if next(self.parameters()).device.type == "cpu" else "vmap"
 
     def adapt(self, params: fn.Params, sx: Tensor, sy: Tensor, steps: int, batch: int) -> fn.Params:
         """k steps of SGD or Adam (Kingma & Ba 2015) on one task's support set: (S, C, H, W), (S,) → φ̃."""
@@ -121,12 +118,19 @@ class Reptile(MetaLearner):
             fast = self.adapt(params, sx, sy, steps, batch)
             return fast, self.scores(fast, sx, qx)
 
-        e = episode
-        with torch.no_grad():
-            if self.parallel == "vmap":
+        def tasks(impl: str) -> tuple[fn.Params, Tensor]:
+            e = episode
+            if impl == "vmap":
                 return torch.func.vmap(task)(e.support_x, e.support_y, e.query_x)
             outs = [task(e.support_x[i], e.support_y[i], e.query_x[i]) for i in range(e.tasks)]
             return {k: torch.stack([f[k] for f, _ in outs]) for k in params}, torch.stack([q for _, q in outs])
+
+        with torch.no_grad():
+            impl = self.options.parallel
+            if impl == "auto":  # the faster one, timed on the first batch of each shape
+                key = (steps, batch, episode.support_x.shape, episode.query_x.shape)
+                impl = self.auto.choose(key, tasks, episode.support_x.device)
+            return tasks(impl)
 
     def meta_loss(self, episode: Episode) -> StepOutput:
         fast, logits = self.run(episode, self.options.inner_steps, self.options.inner_batch)
