@@ -11,8 +11,11 @@ head at test time; a query is scored by a softmax-weighted vote of the support l
 the cosine similarity of its penultimate features to each support example's.
 
 Paper defaults (Omniglot 5-way, Finn et al. 2017, appendix A.1): Conv-4 with 64 filters, one inner step
-with α = 0.4 in training and 3 at test, meta-batch 32, Adam with β = 1e-3; 20-way: 5 steps with α = 0.1,
-meta-batch 16. Paper results: 98.7 ± 0.4 (5w1s), 95.8 ± 0.3 (20w1s); first order 98.3 ± 0.5 (5w1s).
+with α = 0.4 in training and 3 at test, meta-batch 32, 60000 iterations, Adam (β = 1e-3 is the authors'
+code default; A.1 does not state it); 20-way: 5 steps with α = 0.1, meta-batch 16. Paper results
+(Table 1): 98.7 ± 0.4 (5w1s), 95.8 ± 0.3 (20w1s). Finn et al. report first-order MAML on MiniImagenet
+only; the Omniglot first-order figure 98.3 ± 0.5 (5w1s) is from Nichol et al. 2018 (Reptile paper),
+Table 2, "1st-order MAML + Transduction".
 
 The network is Conv-4 with ``track_running_stats=False`` (BatchNorm always uses the statistics of the
 batch it sees: support in the inner loop, the whole query set after it — transductive, as in the

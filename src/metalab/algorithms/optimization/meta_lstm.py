@@ -34,7 +34,7 @@ through them). ``predict`` runs the same T updates (gradients enabled locally, s
 ``torch.no_grad()``) and scores the query set with θ_T.
 
 Defaults from the paper and the authors' code (twitter/meta-learning-lstm): LSTM hidden 20; p = 10;
-gate weights U(−0.01, 0.01); forget bias large (authors: U(4, 6); here 5, so f_0 ≈ 0.993) and input
+gate weights U(−0.01, 0.01); forget bias large (authors: U(4, 5); here 5, so f_0 ≈ 0.993) and input
 bias small and negative (authors: U(−5, −4); here −4.5, so i_0 ≈ 0.011: training starts close to SGD
 with a small rate); T = 12 updates for 5-way 1-shot with the whole support set as the batch; Adam 1e-3
 and meta-gradient clipping at 0.25 (``train.grad_clip``); learner Conv-4 with 32 filters.
@@ -52,7 +52,7 @@ Deviations and choices:
 - f_0 and i_0 (the previous gate values at the first step) are 0; the first LSTM starts at zeros.
 - Gate inputs are the previous gate *values* σ(·) as written in eq. 2-3 (the authors' code and its
   PyTorch port feed the pre-sigmoid values).
-- Fixed biases 5 and −4.5 instead of draws from U(4, 6) and U(−5, −4).
+- Fixed biases 5 and −4.5 instead of draws from U(4, 5) and U(−5, −4).
 - The tasks of an episode batch are adapted one after another (a Python loop; the paper used one task
   per meta-update); the meta-loss is their mean query loss.
 - Classification only; training and test ways must be equal (one head output per way).
@@ -117,7 +117,7 @@ class MetaLSTM(MetaLearner):
         inner_steps: int = 12  # T learner updates on the support set, in training and test (paper 1-shot: 12)
         lstm_hidden: int = 20  # hidden units of the first (standard) LSTM layer (paper: 20)
         preprocess_p: float = 10.0  # p of the gradient/loss preprocessing (paper: 10)
-        forget_bias: float = 5.0  # b_F at initialisation: f ≈ 0.993, keep the parameters (authors: U(4, 6))
+        forget_bias: float = 5.0  # b_F at initialisation: f ≈ 0.993, keep the parameters (authors: U(4, 5))
         input_bias: float = -4.5  # b_I at initialisation: i ≈ 0.011, a small step (authors: U(-5, -4))
 
     def __init__(self, options: "MetaLSTM.Config", input_shape: tuple[int, ...], ways: int = 5) -> None:

@@ -10,10 +10,11 @@ The tasks' inner loops run in parallel with ``torch.func.vmap`` (``parallel: vma
 another (``loop``); ``auto`` (default) times both on the first batch of each shape and keeps the
 faster (:class:`metalab.functional.AutoParallel`). No gradient flows through them.
 
-Paper defaults (Omniglot, appendix Table 3, 5-way 1-shot): Adam in the inner loop (β1 = 0) with rate
-1e-3, 5 inner iterations on mini-batches of 10 from 10 training shots per class, meta-batch 5, outer step
-1.0 annealed linearly to 0 over 100K iterations; at test 50 iterations on mini-batches of 5. Paper
-(Table 1): 95.39 ± 0.09 (5w1s), 97.68 ± 0.04 with transduction.
+Paper defaults (Omniglot 5-way 1-shot, appendix A; the same flags as the 1-shot 5-way Omniglot commands
+in openai/supervised-reptile's README): Adam in the inner loop (β1 = 0) with rate 1e-3, 5 inner iterations
+on mini-batches of 10 from 10 training shots per class, meta-batch 5, outer step 1.0 annealed linearly to
+0 over 100K iterations; at test 50 iterations on mini-batches of 5. Paper (Table 2): 95.39 ± 0.09 (5w1s),
+97.68 ± 0.04 with transduction.
 
 Evaluation: ``transductive: true`` scores the whole query set in one batch (BatchNorm statistics of the
 query set); ``false`` scores each query example in a batch with the support set, as the authors' code
