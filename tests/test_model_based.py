@@ -11,6 +11,7 @@ from metalab.algorithms.model_based.mann import MANN, least_used, read_weights, 
 from metalab.algorithms.model_based.snail import SNAIL
 from metalab.data.base import ClassIndexedDataset
 from metalab.episodes import EpisodeSampler
+from metalab.errors import DataError
 from metalab.sequences import NULL_LABEL, FixedSequences, SequenceSampler, ShuffledSupportSampler
 
 torch.set_num_threads(1)
@@ -79,15 +80,18 @@ def test_lrua_usage_by_hand():
     assert torch.allclose(new, torch.tensor([[1.2, 0.84, 1.56, 1.84]]))
 
 
-def test_read_and_write_weights_sum_to_one():
+@pytest.mark.parametrize("sharp_read_first", [False, True])
+def test_read_and_write_weights_sum_to_one(sharp_read_first):
     torch.manual_seed(0)
-    learner = MANN(MANN.Config(controller=16, slots=8, slot_width=5, read_heads=3), (1, 6, 6), ways=3)
+    options = MANN.Config(controller=16, slots=8, slot_width=5, read_heads=3, key_strength=sharp_read_first,
+                          read_after_write=not sharp_read_first)
+    learner = MANN(options, (1, 6, 6), ways=3)
     keys = torch.randn(2, 3, 5)
     assert torch.allclose(read_weights(keys, torch.randn(2, 8, 5)).sum(-1), torch.ones(2, 3))
     state = learner.initial_state(2, torch.device("cpu"))
     for t in range(6):
         prev = state
-        _, state = learner.step(state, torch.randn(2, 36), torch.tensor([t % 3 - 1, 1]))
+        _, state = learner.step(state, torch.randn(2, 36), learner.encode_labels(torch.tensor([[t % 3 - 1], [1]]))[:, 0])
         assert torch.allclose(state.read_w.sum(-1), torch.ones(2, 3), atol=1e-5)
         h = state.h
         w = write_weights(prev.read_w, least_used(prev.usage, 3), learner.gate(h))
@@ -97,18 +101,41 @@ def test_read_and_write_weights_sum_to_one():
 
 # --- causality ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("memory", [True, False])
-def test_mann_causal(dataset, memory):
+VARIANTS = {"paper": {}, "lstm": {"memory": False},  # last: the CPU preset (NTM key strength, read before write)
+            "sharp-read-first": {"key_strength": True, "read_after_write": False},
+            "string-labels": {"labels": "string", "label_length": 3, "label_alphabet": 2}}
+
+
+def test_read_before_write_reads_the_previous_memory():
     torch.manual_seed(0)
-    learner = MANN(MANN.Config(controller=16, slots=8, slot_width=5, read_heads=2, memory=memory), (1, 16, 16), 3).eval()
-    batch = SequenceSampler(dataset, 3, 4, 2).sample(torch.Generator().manual_seed(0))
+    learner = MANN(MANN.Config(controller=16, slots=8, slot_width=5, read_heads=2, key_strength=True,
+                               read_after_write=False), (1, 6, 6), ways=3)
+    state = learner.initial_state(2, torch.device("cpu"))
+    for t in range(4):
+        prev = state
+        _, state = learner.step(state, torch.randn(2, 36), learner.encode_labels(torch.tensor([[t % 3 - 1], [1]]))[:, 0])
+        keys = torch.tanh(learner.key(state.h)).view(2, 2, 5)
+        strength = 1 + torch.nn.functional.softplus(learner.strength(state.h))
+        assert (strength >= 1).all()
+        want = read_weights(keys, prev.memory, strength)  # M_{t−1}, sharpened by β_t
+        assert torch.allclose(state.read_w, want, atol=1e-6)
+        assert torch.allclose(state.reads, (want @ prev.memory).flatten(1), atol=1e-6)
+    assert not torch.allclose(state.memory, prev.memory)  # it still writes
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_mann_causal(dataset, variant):
+    torch.manual_seed(0)
+    options = MANN.Config(controller=16, slots=8, slot_width=5, read_heads=2, **VARIANTS[variant])
+    learner = MANN(options, (1, 16, 16), 3).eval()
+    batch = SequenceSampler(dataset, 3, 4, 2, False, *learner.string_labels).sample(torch.Generator().manual_seed(0))
     x, delayed = batch.x, batch.delayed_y
-    base = learner.run(x, delayed)[0]
+    base = learner.run(x, delayed, batch.strings)[0]
     t = 5
     x2, d2 = x.clone(), delayed.clone()
     x2[:, t + 1:] = torch.rand_like(x2[:, t + 1:])  # later images
     d2[:, t + 1:] = (d2[:, t + 1:] + 1) % 3  # y_t and later labels (y_t is shown at step t + 1)
-    out = learner.run(x2, d2)[0]
+    out = learner.run(x2, d2, batch.strings)[0]
     assert torch.allclose(out[:, :t + 1], base[:, :t + 1], atol=1e-6)
     assert not torch.allclose(out[:, t + 1:], base[:, t + 1:])
 
@@ -122,6 +149,41 @@ def test_mann_predict_queries_independent(dataset):
     ep.query_x[:, 1:] = torch.rand_like(ep.query_x[:, 1:])  # other queries
     ep.query_y[:, 0] = 2  # the query's own label is never an input
     assert torch.allclose(learner.predict(ep)[:, 0], logits[:, 0], atol=1e-6)
+
+
+def test_string_label_sampler(dataset):
+    from metalab.sequences import random_strings
+    sampler = SequenceSampler(dataset, ways=4, instances=3, meta_batch=6, label_length=3, label_alphabet=2)
+    batch = sampler.sample(torch.Generator().manual_seed(0))
+    assert batch.strings.shape == (6, 4, 3) and batch.strings.min() >= 0 and batch.strings.max() <= 1
+    for b in range(6):  # distinct within an episode
+        assert len({tuple(r) for r in batch.strings[b].tolist()}) == 4
+    assert len({tuple(batch.strings[b].flatten().tolist()) for b in range(6)}) > 1  # drawn per episode
+    again = sampler.sample(torch.Generator().manual_seed(0))
+    assert torch.equal(again.strings, batch.strings) and torch.equal(again.x, batch.x)
+    plain = SequenceSampler(dataset, ways=4, instances=3, meta_batch=6).sample(torch.Generator().manual_seed(0))
+    assert plain.strings is None and torch.equal(plain.y, batch.y)  # strings are drawn after everything else
+    with pytest.raises(DataError, match="label_length"):
+        random_strings(5, 2, 2, torch.Generator())  # 2^2 = 4 strings cannot name 5 classes
+
+
+def test_string_labels_score_and_any_ways(dataset):
+    torch.manual_seed(0)
+    options = MANN.Config(controller=16, slots=8, slot_width=5, read_heads=2, labels="string", label_length=2,
+                          label_alphabet=3)
+    learner = MANN(options, (1, 16, 16), ways=3).eval()
+    strings = torch.tensor([[[0, 1], [2, 2], [1, 0]]])  # labels 0, 1, 2 of one episode
+    logits = torch.full((1, 2, 6), -5.0)
+    logits[0, 0, [0, 4]] = 5.0  # step 0 says "0 1": label 0, right
+    logits[0, 1, [2, 3]] = 5.0  # step 1 says "2 0": first character right, second wrong for label 1
+    loss, correct = learner.score(logits, torch.tensor([[0, 1]]), strings)
+    assert correct.tolist() == [[True, False]] and loss > 0
+    assert learner.encode_labels(torch.tensor([[-1, 1]]), strings).tolist() == [[[0] * 6, [0, 0, 1, 0, 0, 1]]]
+    ep = EpisodeSampler(dataset, 5, 1, 2, 2).sample(torch.Generator().manual_seed(0))  # 5 ways, trained with 3
+    scores = learner.predict(ep)
+    assert scores.shape == (2, 10, 5) and (scores <= 0).all()  # log-probabilities of each class's string
+    probs = scores.exp().sum(-1)
+    assert (probs <= 1 + 1e-6).all()  # distinct strings: the class probabilities sum to at most 1
 
 
 def test_mann_instance_accuracy(dataset):

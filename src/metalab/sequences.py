@@ -6,6 +6,9 @@ A :class:`SequenceBatch` holds B episodes of T = N·I steps (N classes × I inst
     y         (B, T)            their labels 0..N-1, the class → label map shuffled per episode
     instance  (B, T)            1 at a class's first appearance, 2 at its second, ... (1-based)
     delayed_y (B, T)            the label shown with x_t: y_{t-1}, and NULL_LABEL (-1) at step 0
+    strings   (B, N, L)         optional: label n written as an L-character string over an alphabet
+                                of A characters, distinct within an episode and drawn per episode
+                                (Santoro et al.'s string labels: L = 5, A = 5, so 3125 labels)
 
 The learner sees x_t together with y_{t−1} and must predict y_t before it is revealed at step t+1
 (Santoro et al. 2016, §3.1 and Fig. 1; Omniglot protocol: 5 classes × 10 instances = 50 steps).
@@ -46,6 +49,7 @@ class SequenceBatch:
     instance: Tensor
     ways: int
     classes: Tensor | None = None  # (B, N) dataset class ids behind labels 0..N-1
+    strings: Tensor | None = None  # (B, N, L) the string of each label (string labels only)
 
     @property
     def delayed_y(self) -> Tensor:
@@ -54,8 +58,9 @@ class SequenceBatch:
         return torch.cat([null, self.y[:, :-1]], dim=1)
 
     def to(self, device: torch.device | str) -> "SequenceBatch":
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return SequenceBatch(self.x.to(device), self.y.to(device), self.instance.to(device), self.ways,
-                             None if self.classes is None else self.classes.to(device))
+                             move(self.classes), move(self.strings))
 
 
 @dataclass
@@ -66,9 +71,20 @@ class SequenceIndices:
     classes: Tensor
     index: Tensor
     order: Tensor
+    strings: Tensor | None = None  # (B, N, L) string labels, if any
 
     def __getitem__(self, sl: slice) -> "SequenceIndices":
-        return SequenceIndices(self.classes[sl], self.index[sl], self.order[sl])
+        return SequenceIndices(self.classes[sl], self.index[sl], self.order[sl],
+                               None if self.strings is None else self.strings[sl])
+
+
+def random_strings(n: int, length: int, alphabet: int, generator: torch.Generator, tasks: int = 1) -> Tensor:
+    """``tasks`` sets of n distinct strings of ``length`` characters in 0..alphabet-1: (tasks, n, length)."""
+    if alphabet ** length < n:
+        raise DataError(f"{alphabet}^{length} = {alphabet ** length} distinct string labels cannot name {n} classes; "
+                        f"raise algorithm.label_length or algorithm.label_alphabet")
+    codes = torch.rand(tasks, alphabet ** length, generator=generator).argsort(dim=1)[:, :n]  # (tasks, n) distinct
+    return codes[..., None] // alphabet ** torch.arange(length - 1, -1, -1) % alphabet  # base-A digits
 
 
 class SequenceSampler:
@@ -80,14 +96,19 @@ class SequenceSampler:
         instances: I images per class (Santoro et al.: 10), so T = N·I steps.
         meta_batch: episodes per batch (B).
         within_group: draw all N classes from one group (an Omniglot alphabet).
+        label_length, label_alphabet: string labels of that many characters over that many symbols
+            (Santoro et al.: 5 and 5), drawn per episode after the step order; 0: integer labels only.
     """
 
     def __init__(self, dataset: ClassIndexedDataset, ways: int, instances: int, meta_batch: int = 1,
-                 within_group: bool = False) -> None:
+                 within_group: bool = False, label_length: int = 0, label_alphabet: int = 5) -> None:
         if instances < 1:
             raise DataError(f"algorithm.instances {instances} is invalid: it must be at least 1")
         self.episodes = EpisodeSampler(dataset, ways, instances, 0, meta_batch, within_group)
         self.dataset, self.ways, self.instances, self.meta_batch = dataset, ways, instances, meta_batch
+        self.label_length, self.label_alphabet = label_length, label_alphabet
+        if label_length:
+            random_strings(ways, label_length, label_alphabet, torch.Generator())  # fail early if too few
 
     def sample_indices(self, generator: torch.Generator, tasks: int | None = None) -> SequenceIndices:
         classes, index = self.episodes.sample_indices(generator, tasks)  # (B, N), (B, N, I)
@@ -96,7 +117,9 @@ class SequenceSampler:
         labels = torch.rand(b, n, generator=generator).argsort(dim=1)  # (B, N)
         classes, index = classes.gather(1, labels), index.gather(1, labels[..., None].expand_as(index))
         order = torch.rand(b, n * self.instances, generator=generator).argsort(dim=1)  # (B, T)
-        return SequenceIndices(classes, index, order)
+        strings = (random_strings(n, self.label_length, self.label_alphabet, generator, b)
+                   if self.label_length else None)
+        return SequenceIndices(classes, index, order, strings)
 
     def gather(self, ids: SequenceIndices) -> SequenceBatch:
         """Build the SequenceBatch for given indices, gathering the images on the dataset's device."""
@@ -108,7 +131,8 @@ class SequenceSampler:
         # instance number: how many times the step's label has appeared up to and including this step
         seen = torch.nn.functional.one_hot(y, n).cumsum(1)  # (B, T, N)
         instance = seen.gather(2, y[..., None]).squeeze(2)  # (B, T)
-        return SequenceBatch(x, y.to(device), instance.to(device), n, ids.classes.to(device))
+        strings = None if ids.strings is None else ids.strings.to(device)
+        return SequenceBatch(x, y.to(device), instance.to(device), n, ids.classes.to(device), strings)
 
     def sample(self, generator: torch.Generator) -> SequenceBatch:
         return self.gather(self.sample_indices(generator))
@@ -119,10 +143,10 @@ class FixedSequences:
     so it depends neither on the batch size used to evaluate it nor on the device."""
 
     def __init__(self, dataset: ClassIndexedDataset, ways: int, instances: int, count: int, seed: int,
-                 within_group: bool = False) -> None:
+                 within_group: bool = False, label_length: int = 0, label_alphabet: int = 5) -> None:
         if count < 1:
             raise DataError(f"--episodes {count} is invalid: evaluate at least one sequence")
-        self.sampler = SequenceSampler(dataset, ways, instances, 1, within_group)
+        self.sampler = SequenceSampler(dataset, ways, instances, 1, within_group, label_length, label_alphabet)
         self.count, self.seed = count, seed
         self.ids = self.sampler.sample_indices(torch.Generator().manual_seed(seed), tasks=count)
 
