@@ -18,6 +18,12 @@ instances per episode, batch 16, 20 × 20 images (presets: ``data.image_size: 20
 LSTM 24.4 / 49.5 / 55.3 / 61.0 / 63.6 / 62.5. ``memory: false`` is that LSTM baseline (x_t and the
 delayed label into an LSTM, output from h_t).
 
+Labels (§4.1): one-hot (``labels: onehot``, one output unit per way), or the paper's strings
+(``labels: string``): each label is a string of 5 characters over 5 symbols, drawn per episode and
+distinct within it; the label input is the concatenated one-hot codes of its characters and the output
+is one softmax per character (loss: the sum of their cross-entropies; a prediction is right when every
+character is). String labels do not fix the number of ways, so such a model can be evaluated on any N.
+
 Deviations: (1) with n > 1 heads, head j writes with the j-th least-used slot (w^lu's slots taken in
 order of usage), so each head's write weights sum to 1; the paper's w^lu marks all n slots in every
 head's write (1 head: identical). (2) γ = 0.95 and the initial state (memory 1e-6, w^r_0 head j on
@@ -31,8 +37,8 @@ M_t as eqs. (2-4) are written, the slot just written with k_t matches k_t exactl
 the current input's own key. Measured on the 2-core CPU: with both options (batch 16, flat pixels) the
 accuracy by instance number started rising within 5 minutes; with neither (Conv-4 features, batch 8) or
 with β alone (pixels, batch 16) it stayed at chance over the 200-300 steps tried (the paper trains for
-100,000 episodes). (5) The paper's 5-character string labels and per-image random translations and
-rotations are not implemented; the engine's Adam replaces the paper's RMSProp. (6) ``encoder: conv4``
+100,000 episodes). (5) The paper's per-image random translations and rotations are not implemented;
+the engine's Adam replaces the paper's RMSProp. (6) ``encoder: conv4``
 (Conv-4 features instead of raw pixels) is an option; the paper and the CPU preset feed flattened pixels
 (on the CPU the Conv-4 took most of each step's time).
 Standard N-way K-shot episodes (``predict``): the support set, interleaved by a fixed permutation, is
