@@ -239,3 +239,23 @@ def test_compare_runs_writes_tables_and_plot(data_dir, tmp_path):
     assert ("5-way 1-shot", "baseline", "protonet") in pairs and ("20-way 1-shot", "baseline", "maml") not in pairs
     md = (out / "compare.md").read_text()
     assert "| baseline | baseline |" in md and "Paired differences" in md
+
+
+def test_compare_runs_at_two_image_sizes_share_the_episodes(data_dir, tmp_path):
+    runs = []
+    for size in (28, 20):
+        cfg = parse_config({"algorithm": "protonet", "data": {"data_dir": str(data_dir), "image_size": size},
+                            "train": {"steps": 1, "ways": 5, "shots": 1, "queries": 1, "val_every": 0,
+                                      "tensorboard": False}})
+        runs.append(train(cfg, tmp_path / f"protonet-{size}", progress=False).run_dir)
+    report = compare_runs(runs, None, tmp_path / "cmp", ways=(5,), shots=(1,), queries=2, episodes=3)
+    assert {m["image_size"] for m in report["methods"].values()} == {28, 20}
+    assert all("accuracy" in m["results"]["5-way 1-shot"] for m in report["methods"].values())
+    assert "protonet (20×20)" in (tmp_path / "cmp" / "compare.md").read_text()
+    other = parse_config({"algorithm": "protonet", "data": {"data_dir": str(data_dir), "scheme": "lake"},
+                          "train": {"steps": 1, "ways": 5, "shots": 1, "queries": 1, "val_every": 0,
+                                    "tensorboard": False}})
+    lake = train(other, tmp_path / "protonet-lake", progress=False).run_dir
+    with pytest.raises(ConfigError, match="data.scheme"):
+        compare_runs([runs[0], lake], None, tmp_path / "cmp2", ways=(5,), shots=(1,), queries=2, episodes=3)
+

@@ -31,8 +31,11 @@ from metalab.episodes import FixedEpisodes
 from metalab.errors import ConfigError, DataError
 from metalab.provenance import environment
 
-# The data settings that define a test split: runs differing in one of these see different test images.
-_SPLIT_KEYS = ("dataset", "scheme", "image_size", "channels", "invert", "rotations")
+# The data settings that define the test tasks: runs differing in one of these see different characters.
+_SPLIT_KEYS = ("dataset", "scheme", "rotations")
+# The settings that only render the same images differently: such runs get the same episodes, each at its
+# own resolution (e.g. MANN's 20×20 beside Conv-4's 28×28).
+_RENDER_KEYS = ("image_size", "channels", "invert")
 
 
 def paired_difference(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
@@ -53,6 +56,10 @@ def setting_name(ways: int, shots: int) -> str:
 
 def _split_identity(data) -> dict[str, Any]:
     return {k: getattr(data, k) for k in _SPLIT_KEYS}
+
+
+def _render(data) -> tuple:
+    return tuple(getattr(data, k) for k in _RENDER_KEYS)
 
 
 def compare_runs(runs: Sequence[Path], data_dir: Path | None, out_dir: Path, ways: Sequence[int] = (5, 20),
@@ -78,7 +85,9 @@ def compare_runs(runs: Sequence[Path], data_dir: Path | None, out_dir: Path, way
         ci95 or ``skipped``), ``paired`` (per setting and pair of methods: difference, ci95, significant).
 
     Raises:
-        ConfigError: runs trained on different test splits (dataset, scheme, image size, rotations).
+        ConfigError: runs trained on different test splits (dataset, scheme, rotations). Runs that differ
+            only in image size, channels or inversion are compared on the same episodes (the same images,
+            each rendered as the run was trained).
     """
     if not runs:
         raise ConfigError("compare needs at least one run directory")
@@ -97,12 +106,22 @@ def compare_runs(runs: Sequence[Path], data_dir: Path | None, out_dir: Path, way
             diff = ", ".join(f"data.{k} {theirs[k]!r} vs {reference[k]!r}" for k in _SPLIT_KEYS if theirs[k] != reference[k])
             raise ConfigError(f"{run} was trained with other data than {first_run} ({diff}); compare runs "
                               f"that share one test split")
-    data = dataclasses.replace(first_cfg.data, data_dir=str(data_dir) if data_dir else first_cfg.data.data_dir)
-    test = load_split(data, split).to(device)
+    tests = {}  # one test split per rendering, all holding the same classes and images
+    for _, cfg, _, run in learners.values():
+        if _render(cfg.data) not in tests:
+            data = dataclasses.replace(cfg.data, data_dir=str(data_dir) if data_dir else first_cfg.data.data_dir)
+            tests[_render(cfg.data)] = load_split(data, split).to(device)
+    test = tests[_render(first_cfg.data)]
+    for other in tests.values():
+        if other.class_names != test.class_names or not torch.equal(other.counts.cpu(), test.counts.cpu()):
+            raise DataError(f"the {split} split holds different classes at different image sizes; compare runs "
+                            f"trained at one image size")
     most = int(test.counts.min())
 
-    settings, methods = [], {name: {"run": str(run), "algorithm": cfg.algorithm_name, "checkpoint": str(state["path"]),
-                                    "step": state["step"], "results": {}} for name, (_, cfg, state, run) in learners.items()}
+    settings = []
+    methods = {name: {"run": str(run), "algorithm": cfg.algorithm_name, "checkpoint": str(state["path"]),
+                      "step": state["step"], "image_size": cfg.data.image_size, "results": {}}
+               for name, (_, cfg, state, run) in learners.items()}
     per_episode: dict[tuple[str, str], list[float]] = {}
     for n, k in itertools.product(ways, shots):
         key, q = setting_name(n, k), min(queries, most - k)
@@ -110,14 +129,17 @@ def compare_runs(runs: Sequence[Path], data_dir: Path | None, out_dir: Path, way
         try:
             if q < 1:
                 raise DataError(f"{test.name} has {most} images per class: {k} shots leave no query")
-            fixed = FixedEpisodes(test, n, k, q, episodes, seed)
+            fixed = {render: FixedEpisodes(t, n, k, q, episodes, seed) for render, t in tests.items()}
         except (ConfigError, DataError) as e:
             for m in methods.values():
                 m["results"][key] = {"skipped": str(e)}
             continue
-        for name, (learner, *_rest) in learners.items():
+        first = fixed[_render(first_cfg.data)]
+        # the same classes and image indices at every rendering: one episode set
+        assert all(torch.equal(f.classes, first.classes) and torch.equal(f.index, first.index) for f in fixed.values())
+        for name, (learner, cfg, *_rest) in learners.items():
             try:
-                result = evaluate(learner, fixed, batch)
+                result = evaluate(learner, fixed[_render(cfg.data)], batch)
             except (ConfigError, DataError) as e:  # e.g. a head with one output per training way
                 methods[name]["results"][key] = {"skipped": str(e)}
                 continue
@@ -153,6 +175,7 @@ def markdown_report(report: dict[str, Any]) -> str:
         lines += [f"Command: `{report['command']}`", ""]
     lines += ["| method | algorithm | " + " | ".join(settings) + " |", "|---|---|" + "---|" * len(settings)]
     notes: list[str] = []
+    sizes = {m.get("image_size") for m in report["methods"].values()}  # shown when runs differ
     for name, m in report["methods"].items():
         cells = []
         for s in settings:
@@ -163,7 +186,8 @@ def markdown_report(report: dict[str, Any]) -> str:
                 cells.append(f"— [{notes.index(r['skipped']) + 1}]")
             else:
                 cells.append(f"{r['accuracy']:.2f} ± {r['ci95']:.2f}")
-        lines.append(f"| {name} | {m['algorithm']} | " + " | ".join(cells) + " |")
+        size = f" ({m['image_size']}×{m['image_size']})" if len(sizes) > 1 else ""
+        lines.append(f"| {name} | {m['algorithm']}{size} | " + " | ".join(cells) + " |")
     queries = ", ".join(f"{s['name']}: {s['queries']}" for s in report["settings"])
     lines += ["", f"Queries per class: {queries}."]
     if notes:
