@@ -51,8 +51,8 @@ def main() -> None:
         result = json.loads(run(cmd))
         result["command"] = shlex.join(["metalab", *cmd[3:]])
         evals.append(result)
-        metric = "accuracy" if "accuracy" in result else "mse"
-        print(f"{result.get('ways')}-way {result['shots']}-shot {metric}: {result[metric]:.4g} ± {result['ci95']:.2g}", file=sys.stderr)
+        metric = next(m for m in ("accuracy", "mse", "error_rate") if m in result)
+        print(f"{result.get('ways')}-way {result.get('shots')}-shot {metric}: {result[metric]:.4g} ± {result['ci95']:.2g}", file=sys.stderr)
     lines = [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines() if x.strip()]
     curve = [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}
              for r in lines if any(k.startswith("val_") for k in r)]

@@ -32,10 +32,13 @@ def accuracy_rows(results: dict[str, dict]) -> list[str]:
                 if "instance_accuracy" in e:
                     ia = e["instance_accuracy"]
                     value += "; by instance " + " / ".join(f"{ia[k]:.1f}" for k in ("1", "2", "3", "4", "5", "10") if k in ia)
+            elif "error_rate" in e:  # Lake et al.'s one-shot challenge protocol
+                setting = f"{e.get('dataset', 'omniglot')}, {e.get('protocol', 'one-shot challenge')}, {e['trials']} trials"
+                value = f"error rate {e['error_rate']:.2f}%" + (f" ± {e['ci95']:.2f}" if "ci95" in e else "")
             else:
                 setting = f"{e['dataset']}, K = {e['shots']}, {e['episodes']} tasks"
                 value = f"MSE {e['mse']:.3f} ± {e['ci95']:.3f} after 10 steps"
-            rows.append(f"| [{name}](benchmarks/results/{name}.json) | {e['algorithm']} | {training} | {setting} | {value} |")
+            rows.append(f"| [{name}](benchmarks/results/{name}.json) | {e.get('algorithm', r['results'].get('algorithm', ''))} | {training} | {setting} | {value} |")
     return rows
 
 
@@ -55,10 +58,47 @@ def curve_rows(results: dict[str, dict]) -> list[str]:
     return rows
 
 
+def compare_rows(results_dir: Path) -> list[str]:
+    """Each ``metalab compare`` report under benchmarks/results/<name>/compare.json: accuracy per method
+    and setting, the paired differences against the transfer baseline, and the plot."""
+    rows = []
+    for path in sorted(results_dir.glob("*/compare.json")):
+        r, rel = json.loads(path.read_text()), path.parent.relative_to(ROOT)
+        settings = [s["name"] for s in r["settings"]
+                    if any("accuracy" in m["results"][s["name"]] for m in r["methods"].values())]
+        cell = lambda x: f"{x['accuracy']:.2f} ± {x['ci95']:.2f}" if "accuracy" in x else "—"  # noqa: E731
+        rows += [f"Side by side on the same {r['episodes']} fixed {r['dataset']} episodes per setting, "
+                 f"`metalab compare` ([{rel.name}]({rel}/compare.md); {_env(r['environment'])}); "
+                 f"command: `{r['command']}`", "",
+                 "| method | algorithm | " + " | ".join(settings) + " |", "|---|---|" + "---|" * len(settings)]
+        rows += [f"| {name} | {m['algorithm']} | " + " | ".join(cell(m["results"][s]) for s in settings) + " |"
+                 for name, m in r["methods"].items()]
+        base = next((n for n, m in r["methods"].items() if m["algorithm"] == "baseline_pp"), None)
+        if base is not None:
+            diff = {(p["a"], p["b"], p["setting"]): p for p in r["paired"]}
+            rows += ["", f"Paired difference to {base} (Baseline++, Chen et al. 2019), percentage points on the "
+                     "same episodes, ± 95% CI; * the interval excludes 0:", "",
+                     "| method | " + " | ".join(settings) + " |", "|---|" + "---|" * len(settings)]
+            for name in r["methods"]:
+                if name == base:
+                    continue
+                cells = []
+                for s in settings:
+                    p, sign = diff.get((name, base, s)), 1
+                    if p is None and (base, name, s) in diff:
+                        p, sign = diff[base, name, s], -1
+                    cells.append("—" if p is None else
+                                 f"{sign * p['difference']:+.2f} ± {p['ci95']:.2f}{' *' if p['significant'] else ''}")
+                rows.append(f"| {name} | " + " | ".join(cells) + " |")
+        rows += ["", f"![accuracy against shots]({rel}/compare.png)", ""]
+    return rows
+
+
 def main() -> None:
     results = {p.stem: json.loads(p.read_text()) for p in sorted((ROOT / "benchmarks/results").glob("*.json"))}
     lines = ["Accuracy (field protocol: fixed test episodes, mean ± 95% CI):", ""] + accuracy_rows(results) + [""]
     lines += curve_rows(results)
+    lines += compare_rows(ROOT / "benchmarks/results")
     for name, r in results.items():
         if not name.startswith("bench-maml"):
             continue

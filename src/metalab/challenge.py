@@ -198,4 +198,5 @@ def evaluate_within_alphabet(learner: MetaLearner, cfg: Config, data_dir: Path |
     fixed = within_alphabet_episodes(cfg, data_dir, episodes, seed, device)
     result = evaluate(learner, fixed, batch)
     return {"error_rate": round(100.0 - result.accuracy, 4), "ci95": round(result.ci95, 4), "trials": 20 * episodes,
-            "episodes": episodes, "ways": 20, "shots": 1, "seed": seed, "dataset": fixed.sampler.dataset.name}
+            "episodes": episodes, "ways": 20, "shots": 1, "seed": seed, "dataset": fixed.sampler.dataset.name,
+            "protocol": "within-alphabet 20-way 1-shot"}
