@@ -83,7 +83,15 @@ def random_strings(n: int, length: int, alphabet: int, generator: torch.Generato
     if alphabet ** length < n:
         raise DataError(f"{alphabet}^{length} = {alphabet ** length} distinct string labels cannot name {n} classes; "
                         f"raise algorithm.label_length or algorithm.label_alphabet")
-    codes = torch.rand(tasks, alphabet ** length, generator=generator).argsort(dim=1)[:, :n]  # (tasks, n) distinct
+    space = alphabet ** length
+    if space > 2 ** 62:
+        raise DataError(f"{alphabet}^{length} string labels do not fit in 64-bit codes; lower algorithm.label_length")
+    if space <= 4096:  # a random permutation of every code: always distinct
+        codes = torch.rand(tasks, space, generator=generator).argsort(dim=1)[:, :n]  # (tasks, n)
+    else:  # large spaces: draw codes, redraw the rare tasks with a repeated code
+        codes = torch.randint(space, (tasks, n), generator=generator)
+        while (repeated := (codes.sort(dim=1).values.diff(dim=1) == 0).any(dim=1)).any():
+            codes[repeated] = torch.randint(space, (int(repeated.sum()), n), generator=generator)
     return codes[..., None] // alphabet ** torch.arange(length - 1, -1, -1) % alphabet  # base-A digits
 
 
