@@ -1,7 +1,7 @@
 """Train a preset, evaluate it with the field's protocol, and record everything beside the numbers.
 
     python benchmarks/accuracy.py configs/omniglot/protonet-cpu.yaml --data-dir ../shared/data \
-        --name protonet-omniglot-cpu [--train-args "--max-minutes 15"] [--eval-args "--ways 20"]...
+        --name protonet-omniglot-cpu [--train-args="--max-minutes 15"] [--eval-args="--ways 20"]...
 
 Runs ``metalab train`` then ``metalab eval --json`` (once per --eval-args, default once with the
 config's evaluation settings) as subprocesses, and writes benchmarks/results/<name>.json with the
@@ -34,8 +34,9 @@ def main() -> None:
     p.add_argument("--name", required=True, help="results file name (benchmarks/results/<name>.json)")
     p.add_argument("--out", help="run directory (default runs/bench-<name>)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--train-args", default="", help="extra flags for metalab train, one string")
-    p.add_argument("--eval-args", action="append", default=None, help="extra flags for one metalab eval (repeatable)")
+    p.add_argument("--train-args", default="", help='extra flags for metalab train, one string: --train-args="--steps 100"')
+    p.add_argument("--eval-args", action="append", default=None,
+                   help='extra flags for one metalab eval (repeatable): --eval-args="--ways 20"')
     args = p.parse_args()
     out = args.out or f"runs/bench-{args.name}"
     metalab = [sys.executable, "-m", "metalab.cli"]

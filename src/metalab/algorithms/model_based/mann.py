@@ -18,8 +18,8 @@ instances per episode, batch 16, 20 × 20 images (presets: ``data.image_size: 20
 LSTM 24.4 / 49.5 / 55.3 / 61.0 / 63.6 / 62.5. ``memory: false`` is that LSTM baseline (x_t and the
 delayed label into an LSTM, output from h_t).
 
-Labels (§4.1): one-hot (``labels: onehot``, one output unit per way), or the paper's strings
-(``labels: string``): each label is a string of 5 characters over 5 symbols, drawn per episode and
+Labels, as in the paper's Omniglot experiments: one-hot (``labels: onehot``, one output unit per way),
+or the paper's strings (``labels: string``): each label is a string of 5 characters over 5 symbols, drawn per episode and
 distinct within it; the label input is the concatenated one-hot codes of its characters and the output
 is one softmax per character (loss: the sum of their cross-entropies; a prediction is right when every
 character is). String labels do not fix the number of ways, so such a model can be evaluated on any N.
@@ -123,7 +123,7 @@ class MANN(MetaLearner):
         hidden: int = 64  # conv4 filters
         read_after_write: bool = True  # read M_t (eqs. 2-4 as written) | false: read M_{t−1} (deviation)
         key_strength: bool = False  # true: learned β_t ≥ 1 sharpens the cosine read (the NTM's; deviation)
-        labels: str = "onehot"  # onehot: one unit per way | string: 5-character strings (paper, §4.1)
+        labels: str = "onehot"  # onehot: one unit per way | string: the paper's 5-character strings
         label_length: int = 5  # characters per string label (paper: 5)
         label_alphabet: int = 5  # symbols per character (paper: 5, "a"-"e")
 
