@@ -71,15 +71,19 @@ def compare_rows(results_dir: Path) -> list[str]:
                  f"`metalab compare` ([{rel.name}]({rel}/compare.md); {_env(r['environment'])}); "
                  f"command: `{r['command']}`", "",
                  "| method | algorithm | " + " | ".join(settings) + " |", "|---|---|" + "---|" * len(settings)]
+        ran = {name: m for name, m in r["methods"].items() if any("accuracy" in m["results"][s] for s in settings)}
         rows += [f"| {name} | {m['algorithm']} | " + " | ".join(cell(m["results"][s]) for s in settings) + " |"
-                 for name, m in r["methods"].items()]
+                 for name, m in ran.items()]
+        skipped = sorted(set(r["methods"]) - set(ran))
+        if skipped:
+            rows += ["", f"Not run at these settings (see the report): {', '.join(skipped)}."]
         base = next((n for n, m in r["methods"].items() if m["algorithm"] == "baseline_pp"), None)
         if base is not None:
             diff = {(p["a"], p["b"], p["setting"]): p for p in r["paired"]}
             rows += ["", f"Paired difference to {base} (Baseline++, Chen et al. 2019), percentage points on the "
                      "same episodes, ± 95% CI; * the interval excludes 0:", "",
                      "| method | " + " | ".join(settings) + " |", "|---|" + "---|" * len(settings)]
-            for name in r["methods"]:
+            for name in ran:
                 if name == base:
                     continue
                 cells = []

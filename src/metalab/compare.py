@@ -208,7 +208,7 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
     from matplotlib.figure import Figure
 
     ways = sorted({s["ways"] for s in report["settings"]})
-    fig = Figure(figsize=(5 * len(ways), 4), layout="constrained")
+    fig = Figure(figsize=(5 * len(ways) + 3, 4), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(ways), squeeze=False)[0]
     for ax, n in zip(axes, ways):
@@ -223,6 +223,9 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
         ax.set_xlabel("shots per class")
         ax.set_ylabel("accuracy (%)")
         ax.grid(alpha=0.3)
-        if ax.has_data():
-            ax.legend(fontsize="small")
+    handles = {}  # one legend beside the panels, clear of the curves; every method once
+    for ax in axes:
+        handles |= {label: h for h, label in zip(*ax.get_legend_handles_labels()) if label not in handles}
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="outside right center", fontsize="small")
     fig.savefig(path, dpi=120)
