@@ -38,7 +38,7 @@ def accuracy_rows(results: dict[str, dict]) -> list[str]:
             else:
                 setting = f"{e['dataset']}, K = {e['shots']}, {e['episodes']} tasks"
                 value = f"MSE {e['mse']:.3f} ± {e['ci95']:.3f} after 10 steps"
-            rows.append(f"| [{name}](benchmarks/results/{name}.json) | {e.get('algorithm', r['results'].get('algorithm', ''))} | {training} | {setting} | {value} |")
+            rows.append(f"| [{name}](benchmarks/results/{name}.json) | {e['algorithm']} | {training} | {setting} | {value} |")
     return rows
 
 

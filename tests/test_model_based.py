@@ -11,7 +11,7 @@ from metalab.algorithms.model_based.mann import MANN, least_used, read_weights, 
 from metalab.algorithms.model_based.snail import SNAIL
 from metalab.data.base import ClassIndexedDataset
 from metalab.episodes import EpisodeSampler
-from metalab.errors import DataError
+from metalab.errors import ConfigError, DataError
 from metalab.sequences import NULL_LABEL, FixedSequences, SequenceSampler, ShuffledSupportSampler
 
 torch.set_num_threads(1)
@@ -165,6 +165,10 @@ def test_string_label_sampler(dataset):
     assert plain.strings is None and torch.equal(plain.y, batch.y)  # strings are drawn after everything else
     with pytest.raises(DataError, match="label_length"):
         random_strings(5, 2, 2, torch.Generator())  # 2^2 = 4 strings cannot name 5 classes
+    with pytest.raises(DataError, match="label_length"):
+        SequenceSampler(dataset, ways=5, instances=3, label_length=2, label_alphabet=2)  # refused up front
+    with pytest.raises(ConfigError, match="algorithm.labels 'words'"):
+        MANN(MANN.Config(labels="words"), (1, 16, 16), ways=3)
 
 
 def test_string_labels_score_and_any_ways(dataset):

@@ -78,14 +78,21 @@ class SequenceIndices:
                                None if self.strings is None else self.strings[sl])
 
 
-def random_strings(n: int, length: int, alphabet: int, generator: torch.Generator, tasks: int = 1) -> Tensor:
-    """``tasks`` sets of n distinct strings of ``length`` characters in 0..alphabet-1: (tasks, n, length)."""
-    if alphabet ** length < n:
-        raise DataError(f"{alphabet}^{length} = {alphabet ** length} distinct string labels cannot name {n} classes; "
-                        f"raise algorithm.label_length or algorithm.label_alphabet")
+def string_label_space(n: int, length: int, alphabet: int) -> int:
+    """How many strings of ``length`` characters over ``alphabet`` symbols there are; raises DataError if
+    they cannot name n classes distinctly or do not fit in 64-bit codes."""
     space = alphabet ** length
+    if space < n:
+        raise DataError(f"{alphabet}^{length} = {space} distinct string labels cannot name {n} classes; "
+                        f"raise algorithm.label_length or algorithm.label_alphabet")
     if space > 2 ** 62:
         raise DataError(f"{alphabet}^{length} string labels do not fit in 64-bit codes; lower algorithm.label_length")
+    return space
+
+
+def random_strings(n: int, length: int, alphabet: int, generator: torch.Generator, tasks: int = 1) -> Tensor:
+    """``tasks`` sets of n distinct strings of ``length`` characters in 0..alphabet-1: (tasks, n, length)."""
+    space = string_label_space(n, length, alphabet)
     if space <= 4096:  # a random permutation of every code: always distinct
         codes = torch.rand(tasks, space, generator=generator).argsort(dim=1)[:, :n]  # (tasks, n)
     else:  # large spaces: draw codes, redraw the rare tasks with a repeated code
@@ -116,7 +123,7 @@ class SequenceSampler:
         self.dataset, self.ways, self.instances, self.meta_batch = dataset, ways, instances, meta_batch
         self.label_length, self.label_alphabet = label_length, label_alphabet
         if label_length:
-            random_strings(ways, label_length, label_alphabet, torch.Generator())  # fail early if too few
+            string_label_space(ways, label_length, label_alphabet)  # fail early, before any training
 
     def sample_indices(self, generator: torch.Generator, tasks: int | None = None) -> SequenceIndices:
         classes, index = self.episodes.sample_indices(generator, tasks)  # (B, N), (B, N, I)
