@@ -140,6 +140,45 @@ def test_mann_causal(dataset, variant):
     assert not torch.allclose(out[:, t + 1:], base[:, t + 1:])
 
 
+def _reference_run(learner, x, delayed, strings=None):
+    """MANN as first written, one nn.LSTMCell call and one layer call per step, for run()'s batched products."""
+    o, (b, t) = learner.options, delayed.shape
+    state = learner.initial_state(b, x.device)
+    h, c, memory, read_w, usage, reads = vars(state).values()
+    features, shown, outputs = x.flatten(2), learner.encode_labels(delayed, strings), []
+    for i in range(t):
+        h, c = learner.controller(torch.cat([features[:, i], shown[:, i], reads], 1), (h, c))
+        if o.memory:
+            keys = torch.tanh(learner.key(h)).view(b, o.read_heads, o.slot_width)
+            lu = least_used(usage, o.read_heads)
+            write_w = write_weights(read_w, lu, learner.gate(h))
+            strength = 1 + torch.nn.functional.softplus(learner.strength(h)) if o.key_strength else None
+            new_memory = memory * (1 - lu.sum(1).clamp_max(1))[..., None] + write_w.transpose(1, 2) @ keys
+            read_from = new_memory if o.read_after_write else memory
+            read_w = torch.nn.functional.normalize(keys, dim=-1) @ torch.nn.functional.normalize(read_from, dim=-1).mT
+            read_w = (read_w * (strength[..., None] if strength is not None else 1)).softmax(-1)
+            reads, memory = (read_w @ read_from).flatten(1), new_memory
+            usage = update_usage(usage, read_w, write_w, o.gamma)
+        outputs.append(learner.out(torch.cat([h, reads], 1)))
+    return torch.stack(outputs, 1)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_mann_run_matches_step_by_step_reference(dataset, variant):
+    """run() batches the products that do not depend on the recurrence; outputs and gradients are unchanged."""
+    torch.manual_seed(0)
+    options = MANN.Config(controller=16, slots=8, slot_width=5, read_heads=2, **VARIANTS[variant])
+    learner = MANN(options, (1, 16, 16), 3).double()
+    batch = SequenceSampler(dataset, 3, 4, 2, False, *learner.string_labels).sample(torch.Generator().manual_seed(0))
+    x = batch.x.double()
+    got = learner.run(x, batch.delayed_y, batch.strings)[0]
+    want = _reference_run(learner, x, batch.delayed_y, batch.strings)
+    assert torch.allclose(got, want, atol=1e-12)
+    params = list(learner.parameters())
+    for g, r in zip(torch.autograd.grad(got.square().sum(), params), torch.autograd.grad(want.square().sum(), params)):
+        assert torch.allclose(g, r, atol=1e-10)
+
+
 def test_mann_predict_queries_independent(dataset):
     torch.manual_seed(0)
     learner = MANN(MANN.Config(controller=16, slots=8, slot_width=5, read_heads=2), (1, 16, 16), 3).eval()

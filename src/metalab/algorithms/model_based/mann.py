@@ -49,7 +49,7 @@ state is branched per query), with the last support label as its delayed label.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -87,8 +87,20 @@ def update_usage(usage: Tensor, read: Tensor, write: Tensor, gamma: float) -> Te
 def read_weights(keys: Tensor, memory: Tensor, strength: Tensor | None = None) -> Tensor:
     """Eqs. (2-3): softmax over slots of the cosine similarity, optionally scaled by a key strength β ≥ 1
     per head (the NTM's eq. 5; not in Santoro et al.). (B, H, W), (B, S, W), (B, H) → (B, H, S)."""
-    cos = F.normalize(keys, dim=-1, eps=1e-8) @ F.normalize(memory, dim=-1, eps=1e-8).transpose(1, 2)
+    norms = keys.norm(dim=-1).clamp_min(1e-8)[..., None] * memory.norm(dim=-1).clamp_min(1e-8)[:, None]  # (B, H, S)
+    cos = (keys @ memory.transpose(1, 2)) / norms  # dividing the (B, H, S) products, not the (B, S, W) memory
     return (cos if strength is None else cos * strength[..., None]).softmax(-1)
+
+
+class Weights(NamedTuple):
+    """The per-step weights of :meth:`MANN.recur`, prepared once per sequence by :meth:`MANN.weights`."""
+
+    inputs: Tensor  # LSTM input weights for [x_t; y_{t−1}] (4U, D + D_label)
+    reads: Tensor  # LSTM input weights for r_{t−1} (4U, H·W)
+    bias: Tensor  # b_ih + b_hh (4U,)
+    hidden: Tensor  # W_hh (4U, U)
+    heads: Tensor | None  # key, gate and strength layers stacked ((H·W + H [+ H]), U); None without memory
+    heads_bias: Tensor | None
 
 
 @dataclass
@@ -148,9 +160,10 @@ class MANN(MetaLearner):
                 features = self.encoder(torch.zeros(2, *input_shape)).shape[-1]
         else:
             self.encoder, features = nn.Flatten(), int(torch.tensor(input_shape).prod())
-        reads = o.read_heads * o.slot_width if o.memory else 0
+        reads = self.reads_size = o.read_heads * o.slot_width if o.memory else 0
         label = o.label_length * o.label_alphabet if o.labels == "string" else ways  # label input and output size
         self.controller = nn.LSTMCell(features + label + reads, o.controller)
+        self.strength = None
         if o.memory:
             self.key = nn.Linear(o.controller, reads)  # k_t for every head
             self.gate = nn.Linear(o.controller, o.read_heads)  # α_t for every head
@@ -179,12 +192,13 @@ class MANN(MetaLearner):
     def encode_labels(self, labels: Tensor, strings: Tensor | None = None) -> Tensor:
         """The label inputs: (B, T) labels (NULL_LABEL: none) → (B, T, D) one-hot codes, or for string
         labels the one-hot codes of the label's characters, concatenated (strings (B, N, L))."""
-        known = (labels >= 0)[..., None].float()
+        dtype = self.out.weight.dtype
+        known = (labels >= 0)[..., None].to(dtype)
         labels = labels.clamp_min(0)
         if self.options.labels == "onehot":
-            return F.one_hot(labels, self.ways).float() * known
+            return F.one_hot(labels, self.ways).to(dtype) * known
         chars = strings.gather(1, labels[..., None].expand(-1, -1, strings.shape[-1]))  # (B, T, L)
-        return F.one_hot(chars, self.options.label_alphabet).flatten(-2).float() * known
+        return F.one_hot(chars, self.options.label_alphabet).flatten(-2).to(dtype) * known
 
     def score(self, logits: Tensor, y: Tensor, strings: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Loss and correctness of the outputs (B, T, D) for labels y (B, T): cross-entropy of the label,
@@ -199,25 +213,44 @@ class MANN(MetaLearner):
 
     def initial_state(self, b: int, device: torch.device) -> MemoryState:
         o = self.options
-        h = torch.zeros(b, o.controller, device=device)
+        h = torch.zeros(b, o.controller, device=device, dtype=self.out.weight.dtype)
         if not o.memory:
             empty = h.new_zeros(b, 0)
             return MemoryState(h, h, empty, empty, empty, empty)
-        memory = torch.full((b, o.slots, o.slot_width), 1e-6, device=device)
-        read_w = F.one_hot(torch.arange(o.read_heads, device=device), o.slots).float().expand(b, -1, -1)
+        memory = h.new_full((b, o.slots, o.slot_width), 1e-6)
+        read_w = F.one_hot(torch.arange(o.read_heads, device=device), o.slots).to(h.dtype).expand(b, -1, -1)
         return MemoryState(h, h, memory, read_w, h.new_zeros(b, o.slots), h.new_zeros(b, o.read_heads * o.slot_width))
 
-    def step(self, state: MemoryState, features: Tensor, shown: Tensor) -> tuple[Tensor, MemoryState]:
-        """One time step: features (B, D), the delayed label's code (B, D_label) → logits (B, D_label), next state."""
+    def weights(self) -> "Weights":
+        """The step's weight matrices, sliced and merged once per sequence rather than once per step: the
+        LSTM's input weights split into the part applied to [x_t; y_{t−1}] (computed for the whole sequence
+        in one product) and the part applied to r_{t−1}; the key, gate and key-strength layers as one."""
+        lstm = self.controller
+        n = lstm.weight_ih.shape[1] - self.reads_size
+        heads = [m for m in (self.key, self.gate, self.strength) if m is not None] if self.options.memory else []
+        return Weights(lstm.weight_ih[:, :n], lstm.weight_ih[:, n:].contiguous(), lstm.bias_ih + lstm.bias_hh,
+                       lstm.weight_hh, torch.cat([m.weight for m in heads]) if heads else None,
+                       torch.cat([m.bias for m in heads]) if heads else None)
+
+    def recur(self, state: MemoryState, gates_in: Tensor, w: "Weights") -> MemoryState:
+        """One time step from the inputs' share of the LSTM gates, W_x [x_t; y_{t−1}] + b (B, 4U) → next state.
+        The cell is ``nn.LSTMCell``'s (gates i, f, g, o), its weights applied to [x_t; y_{t−1}; r_{t−1}]."""
         o = self.options
-        h, c = self.controller(torch.cat([features, shown, state.reads], 1), (state.h, state.c))
+        gates = gates_in + state.h @ w.hidden.T
+        if o.memory:
+            gates = gates + state.reads @ w.reads.T
+        i, f, g, out = gates.chunk(4, 1)
+        c = torch.sigmoid(f) * state.c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(out) * torch.tanh(c)
         if not o.memory:
-            return self.out(h), MemoryState(h, c, state.memory, state.read_w, state.usage, state.reads)
-        b = h.shape[0]
-        keys = torch.tanh(self.key(h)).view(b, o.read_heads, o.slot_width)  # (B, H, W)
-        lu_prev = least_used(state.usage, o.read_heads)  # w^lu_{t−1} (B, H, S)
-        write_w = write_weights(state.read_w, lu_prev, self.gate(h))  # (B, H, S)
-        strength = None if self.strength is None else 1 + F.softplus(self.strength(h))  # β_t ≥ 1 (B, H)
+            return MemoryState(h, c, state.memory, state.read_w, state.usage, state.reads)
+        b, heads = h.shape[0], o.read_heads
+        sizes = [self.reads_size, heads] + ([heads] if self.strength is not None else [])
+        key, gate, *beta = F.linear(h, w.heads, w.heads_bias).split(sizes, 1)  # [key | gate α | strength β]
+        keys = torch.tanh(key).view(b, heads, o.slot_width)  # (B, H, W)
+        lu_prev = least_used(state.usage, heads)  # w^lu_{t−1} (B, H, S)
+        write_w = write_weights(state.read_w, lu_prev, gate)  # (B, H, S)
+        strength = 1 + F.softplus(beta[0]) if beta else None  # β_t ≥ 1 (B, H)
         if not o.read_after_write:  # read M_{t−1}: the slot written now cannot match its own key
             read_w = read_weights(keys, state.memory, strength)  # (B, H, S)
             reads = (read_w @ state.memory).flatten(1)  # (B, H·W)
@@ -227,21 +260,31 @@ class MANN(MetaLearner):
             read_w = read_weights(keys, memory, strength)  # (B, H, S)
             reads = (read_w @ memory).flatten(1)  # (B, H·W)
         usage = update_usage(state.usage, read_w, write_w, o.gamma)
-        return self.out(torch.cat([h, reads], 1)), MemoryState(h, c, memory, read_w, usage, reads)
+        return MemoryState(h, c, memory, read_w, usage, reads)
+
+    def step(self, state: MemoryState, features: Tensor, shown: Tensor) -> tuple[Tensor, MemoryState]:
+        """One time step: features (B, D), the delayed label's code (B, D_label) → logits (B, D_label), next state."""
+        w = self.weights()
+        state = self.recur(state, F.linear(torch.cat([features, shown], -1), w.inputs, w.bias), w)
+        return self.out(torch.cat([state.h, state.reads], 1)), state
 
     def run(self, x: Tensor, delayed_y: Tensor, strings: Tensor | None = None,
             state: MemoryState | None = None) -> tuple[Tensor, MemoryState]:
         """A sequence: images (B, T, C, H, W), delayed labels (B, T) (and the string of each label,
-        (B, N, L), for string labels) → logits (B, T, D_label), final state."""
+        (B, N, L), for string labels) → logits (B, T, D_label), final state. The same as ``step`` T times,
+        with the products that do not depend on the recurrence (the inputs' share of the LSTM gates, the
+        output layer) done once for the whole sequence."""
         b, t = delayed_y.shape
         features = self.encoder(x.flatten(0, 1)).unflatten(0, (b, t))  # (B, T, D)
         shown = self.encode_labels(delayed_y, strings)  # (B, T, D_label)
+        w = self.weights()
+        gates_in = F.linear(torch.cat([features, shown], -1), w.inputs, w.bias)  # (B, T, 4U)
         state = self.initial_state(b, x.device) if state is None else state
-        logits = []
-        for i in range(t):
-            out, state = self.step(state, features[:, i], shown[:, i])
-            logits.append(out)
-        return torch.stack(logits, 1), state
+        outputs = []
+        for step_gates in gates_in.unbind(1):  # unbind: one backward op, not T zero-filled (B, T, 4U) buffers
+            state = self.recur(state, step_gates, w)
+            outputs.append(torch.cat([state.h, state.reads], 1))
+        return self.out(torch.stack(outputs, 1)), state
 
     def meta_loss(self, batch: SequenceBatch) -> StepOutput:
         logits, _ = self.run(batch.x, batch.delayed_y, batch.strings)
