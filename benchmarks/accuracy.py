@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from metalab.allocator import keep_freed_memory_unless_opted_out
 from metalab.provenance import write_result
 
 
@@ -28,6 +29,7 @@ def run(cmd: list[str]) -> str:
 
 
 def main() -> None:
+    keep_freed_memory_unless_opted_out()  # as the metalab subprocesses do, so the record describes them
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("config")
     p.add_argument("--data-dir", help="dataset folder (not needed for generated tasks such as sinusoid)")

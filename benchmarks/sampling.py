@@ -19,6 +19,7 @@ import torch
 from metalab.data.omniglot import load_omniglot
 from metalab.engine.build import resolve_device
 from metalab.episodes import EpisodeSampler
+from metalab.allocator import keep_freed_memory_unless_opted_out
 from metalab.provenance import write_result
 
 
@@ -35,6 +36,7 @@ def throughput(sampler: EpisodeSampler, seconds: float, device: torch.device) ->
 
 
 def main() -> None:
+    keep_freed_memory_unless_opted_out()  # as the metalab command line does
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", required=True)
     p.add_argument("--device", default="auto")

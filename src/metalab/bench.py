@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from metalab.algorithms.optimization.maml import MAML
+from metalab.allocator import allocator_setting
 from metalab.episodes import Episode
 
 
@@ -89,4 +90,4 @@ def run_bench(device: torch.device, repeats: int = 3, settings: tuple[Setting, .
         rows.append(row)
     return {"device": str(device), "hardware": torch.cuda.get_device_name(device) if device.type == "cuda"
             else platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "repeats": repeats, "settings": rows}
+            "torch": torch.__version__, "cpu_allocator": allocator_setting(), "repeats": repeats, "settings": rows}

@@ -12,6 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
+from metalab.allocator import keep_freed_memory_unless_opted_out
 from metalab.errors import ConfigError, MetalabError
 
 PRESETS = Path(__file__).resolve().parents[2] / "configs"
@@ -302,6 +303,7 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "list"
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory_unless_opted_out()  # large tensors reused, not page-faulted in every step (allocator.py)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="metalab: %(message)s")
     try:
         return COMMANDS[args.command](args)

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 import metalab
+from metalab.allocator import allocator_setting
 
 
 def _git(*args: str) -> str | None:
@@ -44,6 +45,7 @@ def environment(device: torch.device | None = None) -> dict[str, Any]:
         "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "load_avg_1m": round(os.getloadavg()[0], 2),  # other work on the machine while measuring
+        "cpu_allocator": allocator_setting(),
         "gpu": torch.cuda.get_device_name(device) if torch.cuda.is_available() else None,
         "python": platform.python_version(),
         "torch": torch.__version__,
