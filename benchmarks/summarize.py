@@ -15,6 +15,8 @@ BEGIN, END = "<!-- RESULTS:BEGIN (benchmarks/summarize.py) -->", "<!-- RESULTS:E
 def _env(env: dict) -> str:
     gpu = env.get("gpu") or f"{env['cpu']}, {env['cpu_cores']} cores, {env['torch_threads']} torch threads"
     load = f", load {env['load_avg_1m']}" if "load_avg_1m" in env else ""
+    if "cpu_allocator" in env:  # recorded since the command line keeps freed memory (metalab/allocator.py)
+        load += ", malloc " + ("keeps freed memory" if "kept" in env["cpu_allocator"] else "defaults")
     return f"{gpu}{load}; {env['date'][:10]}; commit {str(env['commit'])[:8]}{' +changes' if env.get('dirty') else ''}"
 
 
