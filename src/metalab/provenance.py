@@ -39,7 +39,8 @@ def environment(device: torch.device | None = None) -> dict[str, Any]:
     """Commit (and whether the tree had uncommitted changes), UTC date, CPU/GPU, core count, versions."""
     env = {
         "commit": _git("rev-parse", "HEAD"),
-        "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        # uncommitted changes to anything but the results themselves (a run that follows another sees its JSON)
+        "dirty": bool(_git("status", "--porcelain", "--untracked-files=no", "--", ":/", ":(top,exclude)benchmarks/results")),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "cpu": _cpu_model(),
         "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
