@@ -40,7 +40,8 @@ def environment(device: torch.device | None = None) -> dict[str, Any]:
     env = {
         "commit": _git("rev-parse", "HEAD"),
         # uncommitted changes to anything but the results themselves (a run that follows another sees its JSON)
-        "dirty": bool(_git("status", "--porcelain", "--untracked-files=no", "--", ":/", ":(top,exclude)benchmarks/results")),
+        "dirty": bool(_git("status", "--porcelain", "--untracked-files=no", "--", ":/",
+                           ":(top,exclude)benchmarks/results")),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "cpu": _cpu_model(),
         "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
