@@ -5,10 +5,11 @@ of 128 KiB to 32 MiB) with a fresh ``mmap`` and unmaps them on ``free``, so ever
 training step is new memory that the kernel must fault in and zero page by page. Meta-training allocates
 and frees the same large tensors every step — most of all when the tasks of a meta-batch are computed in
 parallel with ``vmap``, whose tensors are meta-batch times larger — and the page faults cost more than the
-arithmetic: measured on the 2-core CPU (``metalab bench``, torch 2.13), vmap ran 1.7× (5w1s, 15 queries)
-to 2.6× (20w1s, 5 steps) faster with ``mmap`` off, the per-task loop up to 1.2× (the README's speed
-section records the runs). Turning it off (``mallopt(M_MMAP_MAX, 0)``) and raising the trim threshold lets
-freed blocks be reused by the next step; the price is that the process keeps its peak memory until it exits.
+arithmetic. Turning ``mmap`` off (``mallopt(M_MMAP_MAX, 0)``) and raising the trim threshold lets freed
+blocks be reused by the next step; the price is that the process keeps its peak memory until it exits.
+Measured on the 2-core CPU (``metalab bench``, torch 2.13; benchmarks/results/bench-maml-cpu*.json): vmap
+1.10× / 1.34× / 2.80× faster (5w1s 1 query, 5w1s 15 queries, 20w1s 5 steps), the per-task loop
+1.03× / 0.88× / 1.14×; peak RSS of the whole bench 15.3 GB instead of 12.4 GB.
 
 The command line (``metalab ...``) does this at start on Linux with glibc; set
 ``METALAB_SYSTEM_MALLOC=1`` to leave the C library's defaults alone. A program that uses metalab as a
