@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
+from metalab.allocator import keep_freed_memory_unless_opted_out
 from metalab.data.omniglot import load_omniglot
 from metalab.engine.build import resolve_device
 from metalab.episodes import EpisodeSampler
-from metalab.allocator import keep_freed_memory_unless_opted_out
 from metalab.provenance import write_result
 
 
