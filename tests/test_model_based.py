@@ -123,12 +123,19 @@ def test_read_before_write_reads_the_previous_memory():
     assert not torch.allclose(state.memory, prev.memory)  # it still writes
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_mann_causal(dataset, variant):
+def _small_mann(dataset, variant):
+    """A small MANN of one variant (3 ways) and a batch of 2 sequences of 3 classes × 4 instances for it."""
     torch.manual_seed(0)
     options = MANN.Config(controller=16, slots=8, slot_width=5, read_heads=2, **VARIANTS[variant])
-    learner = MANN(options, (1, 16, 16), 3).eval()
+    learner = MANN(options, (1, 16, 16), 3)
     batch = SequenceSampler(dataset, 3, 4, 2, False, *learner.string_labels).sample(torch.Generator().manual_seed(0))
+    return learner, batch
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_mann_causal(dataset, variant):
+    learner, batch = _small_mann(dataset, variant)
+    learner.eval()
     x, delayed = batch.x, batch.delayed_y
     base = learner.run(x, delayed, batch.strings)[0]
     t = 5
@@ -166,10 +173,8 @@ def _reference_run(learner, x, delayed, strings=None):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_mann_run_matches_step_by_step_reference(dataset, variant):
     """run() batches the products that do not depend on the recurrence; outputs and gradients are unchanged."""
-    torch.manual_seed(0)
-    options = MANN.Config(controller=16, slots=8, slot_width=5, read_heads=2, **VARIANTS[variant])
-    learner = MANN(options, (1, 16, 16), 3).double()
-    batch = SequenceSampler(dataset, 3, 4, 2, False, *learner.string_labels).sample(torch.Generator().manual_seed(0))
+    learner, batch = _small_mann(dataset, variant)
+    learner.double()
     x = batch.x.double()
     got = learner.run(x, batch.delayed_y, batch.strings)[0]
     want = _reference_run(learner, x, batch.delayed_y, batch.strings)

@@ -9,7 +9,8 @@ arithmetic. Turning ``mmap`` off (``mallopt(M_MMAP_MAX, 0)``) and raising the tr
 blocks be reused by the next step; the price is that the process keeps its peak memory until it exits.
 Measured on the 2-core CPU (``metalab bench``, torch 2.13; benchmarks/results/bench-maml-cpu*.json): vmap
 1.10× / 1.34× / 2.80× faster (5w1s 1 query, 5w1s 15 queries, 20w1s 5 steps), the per-task loop
-1.03× / 0.88× / 1.14×; peak RSS of the whole bench 15.3 GB instead of 12.4 GB.
+1.03× / 0.88× / 1.14×; peak RSS of the whole bench 15.3 GB instead of 12.4 GB (``/usr/bin/time -v``,
+once each, not kept as a results file).
 
 The command line (``metalab ...``) does this at start on Linux with glibc; set
 ``METALAB_SYSTEM_MALLOC=1`` to leave the C library's defaults alone. A program that uses metalab as a
