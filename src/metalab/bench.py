@@ -7,6 +7,15 @@ per-task reference loop, on Omniglot-shaped inputs (1×28×28, Conv-4 with 64 fi
 One meta-training step = ``meta_loss`` + ``backward`` (the optimizer step is the same for both and left
 out). Settings (issue 3): 5-way 1-shot with 1 and with 15 queries per class, meta-batch 32, one inner
 step; 20-way 1-shot, 5 queries, 5 inner steps, meta-batch 16.
+
+Each setting also reports ``batching_gain``: what batching alone buys on this device for these shapes.
+The same network is trained plainly (one forward and backward, shared weights, no inner loop) on the
+same images — every task's support and query set — once as one batch per task and once as a single
+batch of all tasks; the gain is the per-task time over the single-batch time. A parallel MAML does the
+same per-image convolutions, only with each task's own weights after the first inner step, so it can
+hardly beat the loop by more than this: on a CPU where the gain is below 1, a large batch is slower per
+image than the loop's small ones (its activations leave the caches), and no parallel form of the same
+arithmetic is expected to win there.
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ from __future__ import annotations
 import platform
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -49,12 +59,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time(learner: MAML, episode: Episode, device: torch.device, repeats: int) -> tuple[float, int | None]:
-    """Seconds per meta-training step (best of ``repeats`` after one warm-up) and peak memory in bytes."""
-    def step() -> None:
-        learner.zero_grad(set_to_none=True)
-        learner.meta_loss(episode).loss.backward()
-
+def _best_seconds(step: Callable[[], None], device: torch.device, repeats: int) -> float:
+    """Seconds of ``step()``, the best of ``repeats`` after one warm-up (peak memory counts from the warm-up on)."""
     step()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -65,13 +71,43 @@ def _time(learner: MAML, episode: Episode, device: torch.device, repeats: int) -
         step()
         _sync(device)
         times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def _time(learner: MAML, episode: Episode, device: torch.device, repeats: int) -> tuple[float, int | None]:
+    """Seconds per meta-training step (best of ``repeats`` after one warm-up) and peak memory in bytes."""
+    def step() -> None:
+        learner.zero_grad(set_to_none=True)
+        learner.meta_loss(episode).loss.backward()
+
+    seconds = _best_seconds(step, device, repeats)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    return min(times), peak
+    return seconds, peak
+
+
+def _batching_gain(learner: MAML, episode: Episode, device: torch.device, repeats: int) -> float:
+    """Seconds of plain training with one batch per task ÷ seconds with all tasks in one batch (see the
+    module docstring): the learner's network, its task loss, the episode's support and query images."""
+    x = torch.cat([episode.support_x, episode.query_x], dim=1)  # (B, S + M, C, H, W)
+    y = torch.cat([episode.support_y, episode.query_y], dim=1)
+    net, loss = learner.net, learner.task_loss
+
+    def per_task() -> None:
+        for xi, yi in zip(x, y):
+            loss(net(xi), yi).backward()
+
+    def batched() -> None:
+        loss(net(x.flatten(0, 1)), y.flatten()).backward()
+
+    gain = _best_seconds(per_task, device, repeats) / _best_seconds(batched, device, repeats)
+    learner.zero_grad(set_to_none=True)
+    return gain
 
 
 def run_bench(device: torch.device, repeats: int = 3, settings: tuple[Setting, ...] = SETTINGS) -> dict:
-    """Tasks per second of vmap and of the loop for each setting, their ratio, and peak memory
-    (``torch.cuda.max_memory_allocated`` on a GPU; None on the CPU, where no allocator statistics exist)."""
+    """Tasks per second of vmap and of the loop for each setting, their ratio, peak memory
+    (``torch.cuda.max_memory_allocated`` on a GPU; None on the CPU, where no allocator statistics exist)
+    and ``batching_gain`` (:func:`_batching_gain`)."""
     generator = torch.Generator().manual_seed(0)
     rows = []
     for s in settings:
@@ -87,6 +123,7 @@ def run_bench(device: torch.device, repeats: int = 3, settings: tuple[Setting, .
             row[f"{parallel}_tasks_per_s"] = s.meta_batch / seconds
             row[f"{parallel}_peak_bytes"] = peak
         row["ratio"] = row["vmap_tasks_per_s"] / row["loop_tasks_per_s"]
+        row["batching_gain"] = _batching_gain(learner, episode, device, repeats)
         rows.append(row)
     return {"device": str(device), "hardware": torch.cuda.get_device_name(device) if device.type == "cuda"
             else platform.processor() or platform.machine(), "threads": torch.get_num_threads(),

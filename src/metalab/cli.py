@@ -266,7 +266,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(f"second-order MAML meta-training on {result['device']} ({result['hardware']}), tasks/s:")
     for row in result["settings"]:
         print(f"  {row['name']:18s} vmap {row['vmap_tasks_per_s']:8.1f}   loop {row['loop_tasks_per_s']:8.1f}   "
-              f"ratio {row['ratio']:.2f}x")
+              f"ratio {row['ratio']:.2f}x   batching alone {row['batching_gain']:.2f}x")
+    print("(batching alone: plain training of the same network on the same images, all tasks in one batch "
+          "vs one batch per task)")
     return 0
 
 
