@@ -4,7 +4,7 @@
         --name protonet-omniglot-cpu [--train-args="--max-minutes 15"] [--eval-args="--ways 20"]...
 
 Runs ``metalab train`` then ``metalab eval --json`` (once per --eval-args, default once with the
-config's evaluation settings) as subprocesses, and writes benchmarks/results/<name>.json with the
+config's evaluation settings) as subprocesses, and writes benchmarks/results/<name>.json (or --results DIR/<name>.json) with the
 exact commands, the training wall time, the validation learning curve (from metrics.jsonl), the test
 results, and the commit, date and hardware.
 """
@@ -36,6 +36,7 @@ def main() -> None:
     p.add_argument("--name", required=True, help="results file name (benchmarks/results/<name>.json)")
     p.add_argument("--out", help="run directory (default runs/bench-<name>)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--results", default="benchmarks/results", help="folder for <name>.json (default benchmarks/results)")
     p.add_argument("--train-args", default="", help='extra flags for metalab train, one string: --train-args="--steps 100"')
     p.add_argument("--eval-args", action="append", default=None,
                    help='extra flags for one metalab eval (repeatable): --eval-args="--ways 20"')
@@ -62,7 +63,7 @@ def main() -> None:
     last_train = [r for r in lines if "loss" in r][-1:]
     results = {"train_command": shlex.join(["metalab", *train_cmd[3:]]), "train_wall_s": round(train_s, 1),
                "steps": last_train[0]["step"] if last_train else None, "eval": evals, "val_curve": curve}
-    path = write_result(Path("benchmarks/results") / f"{args.name}.json", shlex.join(["python", *sys.argv]), results)
+    path = write_result(Path(args.results) / f"{args.name}.json", shlex.join(["python", *sys.argv]), results)
     print(path)
 
 

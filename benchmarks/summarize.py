@@ -17,7 +17,7 @@ def _env(env: dict) -> str:
     load = f", load {env['load_avg_1m']}" if "load_avg_1m" in env else ""
     if "cpu_allocator" in env:  # recorded since the command line keeps freed memory (metalab/allocator.py)
         load += ", malloc " + ("keeps freed memory" if "kept" in env["cpu_allocator"] else "defaults")
-    return f"{gpu}{load}; {env['date'][:10]}; commit {str(env['commit'])[:8]}{' +changes' if env.get('dirty') else ''}"
+    return f"{gpu}{load}; {env['date'][:10]}; commit {str(env['commit'])[:8]}{' +changes' if env.get('dirty') else ' (changes unknown)' if env.get('dirty', False) is None else ''}"
 
 
 def accuracy_rows(results: dict[str, dict]) -> list[str]:

@@ -15,3 +15,19 @@ def test_run_bench_reports_each_setting_with_ratio_and_batching_gain():
     assert abs(row["ratio"] - row["vmap_tasks_per_s"] / row["loop_tasks_per_s"]) < 1e-12
     assert row["vmap_peak_bytes"] is None  # no allocator statistics on the CPU
     assert result["cpu_allocator"]
+
+
+def test_device_checks_dry_run_lists_the_bench_and_both_maml_presets(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "benchmarks/device_checks.py", "--data-dir", "data", "--device", "cpu",
+                          "--results", str(tmp_path), "--dry-run"], cwd=root, capture_output=True, text=True,
+                         check=True).stdout
+    lines = [line for line in out.splitlines() if line.startswith("$ ")]
+    assert len(lines) == 3
+    assert "bench --device cpu" in lines[0] and f"{tmp_path}/bench-maml-cpu.json" in lines[0]
+    assert "maml-5w1s.yaml" in lines[1] and "maml-20w1s.yaml" in lines[2]
+    assert not any(tmp_path.iterdir())  # a dry run writes nothing

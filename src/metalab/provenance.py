@@ -37,11 +37,14 @@ def _cpu_model() -> str:
 
 def environment(device: torch.device | None = None) -> dict[str, Any]:
     """Commit (and whether the tree had uncommitted changes), UTC date, CPU/GPU, core count, versions."""
+    commit = _git("rev-parse", "HEAD")
+    # uncommitted changes to anything but the results themselves (a run that follows another sees its JSON);
+    # without git (a copied working tree, e.g. on a borrowed GPU machine) the commit comes from
+    # $METALAB_COMMIT if set, and whether the tree had changes is unknown (None)
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", ":/", ":(top,exclude)benchmarks/results")
     env = {
-        "commit": _git("rev-parse", "HEAD"),
-        # uncommitted changes to anything but the results themselves (a run that follows another sees its JSON)
-        "dirty": bool(_git("status", "--porcelain", "--untracked-files=no", "--", ":/",
-                           ":(top,exclude)benchmarks/results")),
+        "commit": commit or os.environ.get("METALAB_COMMIT"),
+        "dirty": bool(status) if commit else None,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "cpu": _cpu_model(),
         "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
