@@ -1,6 +1,6 @@
 """Issue 3's GPU measurements as one prepared command for a borrowed GPU machine (a call of at most 10
 minutes): ``metalab bench`` on the device, then MAML's Omniglot 5-way and 20-way 1-shot paper presets
-each trained for a fixed budget and evaluated on their 1000 fixed test episodes (benchmarks/accuracy.py,
+(or others of the optimization family, ``--presets``) each trained for a fixed budget and evaluated on their 1000 fixed test episodes (benchmarks/accuracy.py,
 learning curve included). Every result is a JSON file with its command, commit and hardware.
 
 Here, once (``data/`` is ignored by git; the call carries it):
@@ -27,7 +27,8 @@ import time
 
 import torch
 
-PRESETS = (("configs/omniglot/maml-5w1s.yaml", "maml"), ("configs/omniglot/maml-20w1s.yaml", "maml-20w"))
+OPTIMIZATION_PRESETS = ("maml-5w1s", "maml-20w1s", "fomaml-5w1s", "metasgd-5w1s", "anil-5w1s", "reptile-5w1s",
+                        "meta-lstm-5w1s", "meta-lstm-5w5s")  # configs/omniglot/<name>.yaml
 
 
 def device_tag(device: str) -> str:
@@ -45,9 +46,9 @@ def commands(args: argparse.Namespace, tag: str) -> list[list[str]]:
          "--out", f"{args.results}/bench-maml-{tag}.json"]]
     train = (f"--max-minutes {args.minutes} --set train.val_every={args.val_every} "
              f"--set train.val_episodes={args.val_episodes}")
-    for config, stem in PRESETS:
-        cmd = [python, "benchmarks/accuracy.py", config, "--data-dir", args.data_dir, "--device", args.device,
-               "--name", f"{stem}-omniglot-{tag}-{args.minutes:g}min", "--results", args.results,
+    for preset in args.presets:
+        cmd = [python, "benchmarks/accuracy.py", f"configs/omniglot/{preset}.yaml", "--data-dir", args.data_dir,
+               "--device", args.device, "--name", f"{preset}-omniglot-{tag}-{args.minutes:g}min", "--results", args.results,
                f"--train-args={train}"]
         cmds.append(cmd + ([f"--eval-args=--episodes {args.eval_episodes}"] if args.eval_episodes else []))
     return cmds
@@ -58,6 +59,8 @@ def main() -> None:
     p.add_argument("--data-dir", required=True, help="folder holding omniglot/ (the official zips and splits)")
     p.add_argument("--results", required=True, help="where the JSON files go (on the GPU machine: $OUT)")
     p.add_argument("--device", default="cuda")
+    p.add_argument("--presets", nargs="+", default=["maml-5w1s", "maml-20w1s"], choices=OPTIMIZATION_PRESETS,
+                   help="configs/omniglot/<preset>.yaml to train and evaluate (default: MAML 5-way and 20-way)")
     p.add_argument("--minutes", type=float, default=3.0, help="training budget of each preset (default 3)")
     p.add_argument("--val-every", type=int, default=500, help="validation interval: the learning curve's resolution")
     p.add_argument("--val-episodes", type=int, default=200)
