@@ -1,5 +1,9 @@
 """metalab bench: both implementations and the batching-alone measurement run and report sane numbers."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import torch
 
 from metalab.bench import Setting, run_bench
@@ -18,10 +22,6 @@ def test_run_bench_reports_each_setting_with_ratio_and_batching_gain():
 
 
 def test_device_checks_dry_run_lists_the_bench_and_both_maml_presets(tmp_path):
-    import subprocess
-    import sys
-    from pathlib import Path
-
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "benchmarks/device_checks.py", "--data-dir", "data", "--device", "cpu",
                           "--results", str(tmp_path), "--dry-run"], cwd=root, capture_output=True, text=True,
