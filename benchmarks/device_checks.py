@@ -49,8 +49,8 @@ def commands(args: argparse.Namespace, tag: str) -> list[list[str]]:
              f"--set train.val_episodes={args.val_episodes}")
     for preset in args.presets:
         cmd = [python, "benchmarks/accuracy.py", f"configs/omniglot/{preset}.yaml", "--data-dir", args.data_dir,
-               "--device", args.device, "--name", f"{preset}-omniglot-{tag}-{args.minutes:g}min", "--results", args.results,
-               f"--train-args={train}"]
+               "--device", args.device, "--name", f"{preset}-omniglot-{tag}-{args.minutes:g}min",
+               "--results", args.results, f"--train-args={train}"]
         cmds.append(cmd + ([f"--eval-args=--episodes {args.eval_episodes}"] if args.eval_episodes else []))
     return cmds
 

@@ -3,6 +3,7 @@ on a Conv-4 with BatchNorm, and each variant does what its paper says."""
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from metalab.algorithms.optimization.maml import MAML
 from metalab.config import parse_config
@@ -42,6 +43,23 @@ def test_second_order_differs_from_first_order():
     _, second = meta_gradient(learner("maml"), "vmap", ep)
     _, first = meta_gradient(learner("fomaml"), "vmap", ep)
     assert float((second - first).norm() / second.norm()) > 1e-3
+
+
+def test_first_order_meta_gradient_is_the_query_gradient_at_the_adapted_weights():
+    """First-order MAML (Finn et al. 2017, §5.2) by its definition, written out by hand with plain autograd:
+    θ'_i = θ − α ∇L_support_i(θ), then the meta-gradient is the mean over tasks of ∇_θ' L_query_i(θ'_i)."""
+    model, ep = learner("fomaml"), episode()
+    _, got = meta_gradient(model, "vmap", ep)
+    net, alpha, expected = model.net, model.options.inner_lr, []
+    theta = dict(net.named_parameters())
+    loss = lambda params, x, y: F.cross_entropy(torch.func.functional_call(net, params, (x,)), y)  # noqa: E731
+    for i in range(B):
+        grads = torch.autograd.grad(loss(theta, ep.support_x[i], ep.support_y[i]), list(theta.values()))
+        fast = {k: (p - alpha * g).detach().requires_grad_() for (k, p), g in zip(theta.items(), grads)}
+        query = loss(fast, ep.query_x[i], ep.query_y[i])
+        expected.append(torch.cat([g.flatten() for g in torch.autograd.grad(query, list(fast.values()))]))
+    expected = torch.stack(expected).mean(0)
+    assert float((got - expected).norm() / expected.norm()) < 1e-10
 
 
 def test_metasgd_inner_rates_receive_gradients():
