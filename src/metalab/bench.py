@@ -59,35 +59,43 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _best_seconds(step: Callable[[], None], device: torch.device, repeats: int) -> float:
-    """Seconds of ``step()``, the best of ``repeats`` after one warm-up (peak memory counts from the warm-up on)."""
-    step()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
+def _alternating_seconds(steps: dict[str, Callable[[], None]], device: torch.device,
+                         repeats: int) -> tuple[dict[str, list[float]], dict[str, int | None]]:
+    """Seconds of each step, ``repeats`` times each, the steps taking turns (after one warm-up each), so
+    that drift on the machine — other load, the allocator's state — touches both alike; and each step's
+    peak memory in bytes on a GPU (None on the CPU, where no allocator statistics exist)."""
+    for step in steps.values():
         step()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return min(times)
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    peaks: dict[str, int | None] = {name: None for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            _sync(device)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            start = time.perf_counter()
+            step()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+            if device.type == "cuda":
+                peaks[name] = max(peaks[name] or 0, torch.cuda.max_memory_allocated(device))
+    return times, peaks
 
 
-def _time(learner: MAML, episode: Episode, device: torch.device, repeats: int) -> tuple[float, int | None]:
-    """Seconds per meta-training step (best of ``repeats`` after one warm-up) and peak memory in bytes."""
-    def step() -> None:
-        learner.zero_grad(set_to_none=True)
-        learner.meta_loss(episode).loss.backward()
+def _meta_training_steps(learner: MAML, episode: Episode) -> dict[str, Callable[[], None]]:
+    """One second-order meta-training step (``meta_loss`` + ``backward``) with vmap and with the loop."""
+    def step(parallel: str) -> Callable[[], None]:
+        def run() -> None:
+            learner.options.parallel = parallel
+            learner.zero_grad(set_to_none=True)
+            learner.meta_loss(episode).loss.backward()
+        return run
+    return {"vmap": step("vmap"), "loop": step("loop")}
 
-    seconds = _best_seconds(step, device, repeats)
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    return seconds, peak
 
-
-def _batching_gain(learner: MAML, episode: Episode, device: torch.device, repeats: int) -> float:
-    """Seconds of plain training with one batch per task ÷ seconds with all tasks in one batch (see the
-    module docstring): the learner's network, its task loss, the episode's support and query images."""
+def _plain_training_steps(learner: MAML, episode: Episode) -> dict[str, Callable[[], None]]:
+    """Plain training of the learner's network on the episode's support and query images (see the module
+    docstring): one batch per task, and all tasks in one batch."""
     x = torch.cat([episode.support_x, episode.query_x], dim=1)  # (B, S + M, C, H, W)
     y = torch.cat([episode.support_y, episode.query_y], dim=1)
     net, loss = learner.net, learner.task_loss
@@ -99,15 +107,13 @@ def _batching_gain(learner: MAML, episode: Episode, device: torch.device, repeat
     def batched() -> None:
         loss(net(x.flatten(0, 1)), y.flatten()).backward()
 
-    gain = _best_seconds(per_task, device, repeats) / _best_seconds(batched, device, repeats)
-    learner.zero_grad(set_to_none=True)
-    return gain
+    return {"per_task": per_task, "batched": batched}
 
 
 def run_bench(device: torch.device, repeats: int = 3, settings: tuple[Setting, ...] = SETTINGS) -> dict:
-    """Tasks per second of vmap and of the loop for each setting, their ratio, peak memory
-    (``torch.cuda.max_memory_allocated`` on a GPU; None on the CPU, where no allocator statistics exist)
-    and ``batching_gain`` (:func:`_batching_gain`)."""
+    """For each setting: tasks per second of vmap and of the loop (the best of ``repeats`` timed steps,
+    taking turns; every timing is kept in ``*_seconds``), their ratio, peak memory
+    (``torch.cuda.max_memory_allocated`` on a GPU; None on the CPU) and ``batching_gain`` (module docstring)."""
     generator = torch.Generator().manual_seed(0)
     rows = []
     for s in settings:
@@ -117,13 +123,16 @@ def run_bench(device: torch.device, repeats: int = 3, settings: tuple[Setting, .
             learner = MAML(MAML.Config(inner_lr=s.inner_lr, inner_steps=s.inner_steps), (1, 28, 28), s.ways).to(device)
         row: dict = {"name": s.name, "ways": s.ways, "shots": 1, "queries": s.queries, "meta_batch": s.meta_batch,
                      "inner_steps": s.inner_steps}
+        times, peaks = _alternating_seconds(_meta_training_steps(learner, episode), device, repeats)
         for parallel in ("vmap", "loop"):
-            learner.options.parallel = parallel
-            seconds, peak = _time(learner, episode, device, repeats)
-            row[f"{parallel}_tasks_per_s"] = s.meta_batch / seconds
-            row[f"{parallel}_peak_bytes"] = peak
+            row[f"{parallel}_tasks_per_s"] = s.meta_batch / min(times[parallel])  # the best of the repeats
+            row[f"{parallel}_seconds"] = [round(t, 4) for t in times[parallel]]  # every repeat: the spread
+            row[f"{parallel}_peak_bytes"] = peaks[parallel]
         row["ratio"] = row["vmap_tasks_per_s"] / row["loop_tasks_per_s"]
-        row["batching_gain"] = _batching_gain(learner, episode, device, repeats)
+        plain, _ = _alternating_seconds(_plain_training_steps(learner, episode), device, repeats)
+        learner.zero_grad(set_to_none=True)
+        row["batching_gain"] = min(plain["per_task"]) / min(plain["batched"])
+        row["plain_seconds"] = {k: [round(t, 4) for t in v] for k, v in plain.items()}
         rows.append(row)
     return {"device": str(device), "hardware": torch.cuda.get_device_name(device) if device.type == "cuda"
             else platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
