@@ -25,7 +25,10 @@ from metalab.provenance import write_result
 
 def run(cmd: list[str]) -> str:
     print("$ " + shlex.join(cmd), file=sys.stderr)
-    return subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    if done.returncode != 0:  # metalab has printed what went wrong on stderr; no traceback on top of it
+        sys.exit(f"accuracy.py: this command failed (exit {done.returncode}), no result written: {shlex.join(cmd)}")
+    return done.stdout
 
 
 def main() -> None:

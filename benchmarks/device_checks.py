@@ -75,7 +75,9 @@ def main() -> None:
         print("$ " + shlex.join(cmd), flush=True)
         if not args.dry_run:
             start = time.monotonic()
-            subprocess.run(cmd, check=True)
+            if subprocess.run(cmd).returncode != 0:
+                sys.exit(f"device_checks: this command failed (its message is above); later ones were not run: "
+                         f"{shlex.join(cmd)}")
             print(f"  ({time.monotonic() - start:.0f} s)", flush=True)
 
 
