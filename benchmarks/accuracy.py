@@ -19,8 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from metalab.allocator import keep_freed_memory_unless_opted_out
-from metalab.provenance import write_result
+from metalab.tools.allocator import keep_freed_memory_unless_opted_out
+from metalab.tools.provenance import write_result
 
 
 def run(cmd: list[str]) -> str:

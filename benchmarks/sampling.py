@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
-from metalab.allocator import keep_freed_memory_unless_opted_out
+from metalab.tools.allocator import keep_freed_memory_unless_opted_out
 from metalab.data.omniglot import load_omniglot
 from metalab.engine.build import resolve_device
-from metalab.episodes import EpisodeSampler
-from metalab.provenance import write_result
+from metalab.tasks.episodes import EpisodeSampler
+from metalab.tools.provenance import write_result
 
 
 def throughput(sampler: EpisodeSampler, seconds: float, device: torch.device) -> float:

@@ -1,4 +1,4 @@
-"""The CPU allocator setting (metalab.allocator): opt-out respected, effect reported, memory still freed for reuse."""
+"""The CPU allocator setting (metalab.tools.allocator): opt-out respected, effect reported, memory still freed for reuse."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import sys
 import pytest
 import torch
 
-from metalab import allocator
+from metalab.tools import allocator
 
-PROBE = ("import json, metalab.allocator as a; kept = a.keep_freed_memory_unless_opted_out(); "
+PROBE = ("import json, metalab.tools.allocator as a; kept = a.keep_freed_memory_unless_opted_out(); "
          "print(json.dumps([kept, a.allocator_setting()]))")
 
 
@@ -41,6 +41,6 @@ def test_tensors_still_correct_after_reuse():
 
 
 def test_results_record_the_setting():
-    from metalab.provenance import environment
+    from metalab.tools.provenance import environment
 
     assert environment()["cpu_allocator"] == allocator.allocator_setting()

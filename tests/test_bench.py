@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from metalab.bench import Setting, run_bench
+from metalab.tools.bench import Setting, run_bench
 
 
 def test_run_bench_reports_each_setting_with_ratio_and_batching_gain():

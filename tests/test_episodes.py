@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from metalab.data.base import ClassIndexedDataset
-from metalab.episodes import EpisodeSampler, FixedEpisodes
+from metalab.tasks.episodes import EpisodeSampler, FixedEpisodes
 from metalab.errors import DataError
 
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from metalab.algorithms.optimization.maml import MAML
 from metalab.config import parse_config
-from metalab.episodes import Episode
+from metalab.tasks.episodes import Episode
 from metalab.errors import ConfigError
 from metalab.registry import ALGORITHMS
 from fixtures.tasks import meta_gradient, random_episode

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from metalab.algorithms.optimization.meta_lstm import MetaLSTM, MetaLSTMCell, preprocess
 from metalab.config import parse_config
-from metalab.episodes import Episode
+from metalab.tasks.episodes import Episode
 from metalab.errors import ConfigError
 from metalab.registry import ALGORITHMS
 from fixtures.tasks import random_episode

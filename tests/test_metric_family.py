@@ -13,9 +13,9 @@ from metalab.algorithms.metric.relation import RelationNet, relation_pairs
 from metalab.algorithms.metric.siamese import SiameseNet, koch_distortion, weighted_l1
 from metalab.config import Config, load_config
 from metalab.data.base import ClassIndexedDataset
-from metalab.episodes import Episode, EpisodeSampler
+from metalab.tasks.episodes import Episode, EpisodeSampler
 from metalab.errors import ConfigError, DataError
-from metalab.pairs import PairBatch, PairSampler
+from metalab.tasks.pairs import PairBatch, PairSampler
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "omniglot"
 

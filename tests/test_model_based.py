@@ -10,9 +10,9 @@ from metalab.algorithms.model_based import mann as mann_module
 from metalab.algorithms.model_based.mann import MANN, least_used, read_weights, update_usage, write_weights
 from metalab.algorithms.model_based.snail import SNAIL
 from metalab.data.base import ClassIndexedDataset
-from metalab.episodes import EpisodeSampler
+from metalab.tasks.episodes import EpisodeSampler
 from metalab.errors import ConfigError, DataError
-from metalab.sequences import NULL_LABEL, FixedSequences, SequenceSampler, ShuffledSupportSampler
+from metalab.tasks.sequences import NULL_LABEL, FixedSequences, SequenceSampler, ShuffledSupportSampler
 
 torch.set_num_threads(1)
 
@@ -196,7 +196,7 @@ def test_mann_predict_queries_independent(dataset):
 
 
 def test_string_label_sampler(dataset):
-    from metalab.sequences import random_strings
+    from metalab.tasks.sequences import random_strings
     sampler = SequenceSampler(dataset, ways=4, instances=3, meta_batch=6, label_length=3, label_alphabet=2)
     batch = sampler.sample(torch.Generator().manual_seed(0))
     assert batch.strings.shape == (6, 4, 3) and batch.strings.min() >= 0 and batch.strings.max() <= 1

@@ -3,7 +3,7 @@
 import torch
 
 from metalab.algorithms.metric.protonet import ProtoNet, prototypes, squared_euclidean
-from metalab.episodes import Episode
+from metalab.tasks.episodes import Episode
 
 
 def test_prototypes_are_class_means_with_any_shots():

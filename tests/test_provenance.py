@@ -1,6 +1,6 @@
 """Provenance: the commit and dirty flag beside every result, also where git is missing."""
 
-from metalab import provenance
+from metalab.tools import provenance
 
 
 def test_environment_records_commit_and_dirty_flag_from_git(monkeypatch):

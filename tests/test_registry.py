@@ -12,8 +12,8 @@ from metalab.config import parse_config
 from metalab.engine.build import load_learner
 from metalab.engine.evaluate import evaluate
 from metalab.engine.trainer import train
-from metalab.data.sources import load_split
-from metalab.episodes import FixedEpisodes
+from metalab.tasks.sources import load_split
+from metalab.tasks.episodes import FixedEpisodes
 from metalab.registry import ALGORITHMS
 
 import torch

@@ -6,7 +6,7 @@ import torch
 
 from metalab import functional as fn
 from metalab.algorithms.optimization.reptile import Reptile, interleave
-from metalab.episodes import Episode
+from metalab.tasks.episodes import Episode
 
 B, N, K, Q, H = 3, 2, 2, 2, 16
 

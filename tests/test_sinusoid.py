@@ -13,11 +13,11 @@ import yaml
 
 from metalab.cli import main
 from metalab.config import parse_config
-from metalab.data.sinusoid import SinusoidTasks, sinusoid
-from metalab.data.sources import load_split, split_names
+from metalab.tasks.sinusoid import SinusoidTasks, sinusoid
+from metalab.tasks.sources import load_split, split_names
 from metalab.engine.checkpoint import load_checkpoint
 from metalab.engine.trainer import Trainer, train
-from metalab.episodes import episode_sampler, fixed_episodes, input_shape, is_regression
+from metalab.tasks.episodes import episode_sampler, fixed_episodes, input_shape, is_regression
 from metalab.errors import ConfigError, DataError
 from metalab.registry import ALGORITHMS
 from fixtures.tasks import meta_gradient

@@ -12,14 +12,14 @@ from fixtures.challenge_runs import make_challenge_runs, zip_runs
 from metalab.algorithms.base import MetaLearner
 from metalab.algorithms.transfer.finetune import (Baseline, BaselinePP, authors_cosine_scale, head_logits,
                                                   logistic_regression, nearest_centroid_logits, sgd_step)
-from metalab.challenge import check_background_only, evaluate_challenge, evaluate_within_alphabet, within_alphabet_episodes
-from metalab.compare import compare_runs, paired_difference
+from metalab.protocols.omniglot_challenge import check_background_only, evaluate_challenge, evaluate_within_alphabet, within_alphabet_episodes
+from metalab.protocols.compare import compare_runs, paired_difference
 from metalab.config import parse_config
 from metalab.data.base import ClassIndexedDataset, Preprocess
 from metalab.engine.trainer import train
-from metalab.episodes import Episode
+from metalab.tasks.episodes import Episode
 from metalab.errors import ConfigError
-from metalab.flat import FlatBatchSampler
+from metalab.tasks.flat import FlatBatchSampler
 
 
 def toy_episode(tasks=2, ways=3, shots=2, queries=2, seed=0) -> Episode:

@@ -8,7 +8,7 @@
 Each algorithm says which training batches it needs by returning a sampler (episodes for most; pairs
 for Siamese networks; label-delayed sequences for MANN and SNAIL; flat mini-batches for pre-training
 baselines), so the engine serves every method without a special case. Evaluation is always on fixed
-:class:`~metalab.episodes.Episode` sets through ``predict``.
+:class:`~metalab.tasks.episodes.Episode` sets through ``predict``.
 
 ``predict`` may be called under ``torch.no_grad()``; a method that needs gradients to adapt (MAML)
 enables them itself (``torch.func.grad`` ignores an outer ``no_grad``).
@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from metalab.config import Config, algorithm_options
 from metalab.data.base import ClassIndexedDataset
-from metalab.episodes import Episode, episode_sampler, is_regression
+from metalab.tasks.episodes import Episode, episode_sampler, is_regression
 from metalab.errors import ConfigError
 
 

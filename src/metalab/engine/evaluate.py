@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from metalab.algorithms.base import MetaLearner, accuracy
-from metalab.episodes import Episode
+from metalab.tasks.episodes import Episode
 
 
 def mse(values: Tensor, targets: Tensor) -> Tensor:

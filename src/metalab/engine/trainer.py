@@ -26,12 +26,12 @@ from tqdm import tqdm
 import metalab
 from metalab.algorithms.base import MetaLearner, check_source
 from metalab.config import Config, TrainConfig
-from metalab.data.sources import load_split, split_names
+from metalab.tasks.sources import load_split, split_names
 from metalab.engine.build import build_learner, resolve_device
 from metalab.engine.checkpoint import load_checkpoint, save_checkpoint
 from metalab.engine.evaluate import evaluate
 from metalab.engine.logs import MetricsLog
-from metalab.episodes import fixed_episodes, input_shape, is_regression
+from metalab.tasks.episodes import fixed_episodes, input_shape, is_regression
 from metalab.errors import CheckpointError, ConfigError, TrainingError
 
 

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from metalab.algorithms.base import MetaLearner, StepOutput, classification_step
 from metalab.algorithms.metric.distances import cosine_similarity, output_shape, per_class
-from metalab.episodes import Episode
+from metalab.tasks.episodes import Episode
 from metalab.errors import ConfigError
 from metalab.models import build_backbone
 from metalab.registry import ALGORITHMS

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from metalab.algorithms.base import MetaLearner, StepOutput, classification_step
-from metalab.episodes import Episode
+from metalab.tasks.episodes import Episode
 from metalab.errors import ConfigError
 from metalab.models import build_backbone
 from metalab.registry import ALGORITHMS

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from metalab.algorithms.base import MetaLearner, StepOutput, accuracy
 from metalab.algorithms.metric.distances import class_sums, output_shape
-from metalab.episodes import Episode
+from metalab.tasks.episodes import Episode
 from metalab.models import conv_block
 from metalab.registry import ALGORITHMS
 

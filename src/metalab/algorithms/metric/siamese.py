@@ -3,7 +3,7 @@
 Twin networks with shared weights map two images to feature vectors h1, h2 (a sigmoid fully connected
 layer); the probability that they show the same class is a sigmoid of the weighted L1 distance,
 ``p = σ(Σ_j α_j |h1_j − h2_j|)`` (plus a bias). Training is verification: balanced same/different
-pairs of the training classes (:class:`~metalab.pairs.PairSampler`) and binary cross-entropy.
+pairs of the training classes (:class:`~metalab.tasks.pairs.PairSampler`) and binary cross-entropy.
 N-way one-shot classification picks the support image most similar to the query, ``argmax_c p(x̂, x_c)``;
 for K shots the class score is the mean or the max of p over its support images (``shot_reduce``).
 ``predict`` returns the logit of that class score (B, N*Q, N).
@@ -41,10 +41,10 @@ from metalab.algorithms.base import MetaLearner, StepOutput
 from metalab.algorithms.metric.distances import output_shape, per_class
 from metalab.config import Config as RunConfig
 from metalab.data.base import ClassIndexedDataset
-from metalab.episodes import Episode
+from metalab.tasks.episodes import Episode
 from metalab.errors import ConfigError
 from metalab.models import build_backbone
-from metalab.pairs import PairBatch, PairSampler
+from metalab.tasks.pairs import PairBatch, PairSampler
 from metalab.registry import ALGORITHMS
 
 

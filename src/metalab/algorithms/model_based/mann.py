@@ -1,6 +1,6 @@
 """Memory-Augmented Neural Networks (Santoro, Bartunov, Botvinick, Wierstra & Lillicrap, ICML 2016).
 
-An LSTM controller reads a label-delayed sequence (:mod:`metalab.sequences`): at step t its input is
+An LSTM controller reads a label-delayed sequence (:mod:`metalab.tasks.sequences`): at step t its input is
 x_t with the one-hot label of x_{t−1} and the read vectors r_{t−1}; it must predict y_t. It binds
 images to labels in an external memory M (slots × width), with, per read head (§3.1):
 
@@ -58,11 +58,11 @@ from torch import Tensor, nn
 from metalab.algorithms.base import MetaLearner, StepOutput, require_equal_ways
 from metalab.config import Config, algorithm_options
 from metalab.data.base import ClassIndexedDataset
-from metalab.episodes import Episode
+from metalab.tasks.episodes import Episode
 from metalab.errors import ConfigError
 from metalab.models import build_backbone
 from metalab.registry import ALGORITHMS
-from metalab.sequences import NULL_LABEL, FixedSequences, SequenceBatch, SequenceSampler, random_strings, support_order
+from metalab.tasks.sequences import NULL_LABEL, FixedSequences, SequenceBatch, SequenceSampler, random_strings, support_order
 
 REPORTED_INSTANCES = (1, 2, 3, 4, 5, 10)  # the columns of Santoro et al.'s Table 1
 

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from metalab.algorithms.base import MetaLearner, StepOutput, classification_step, require_equal_ways
 from metalab.config import Config, algorithm_options
-from metalab.episodes import Episode
+from metalab.tasks.episodes import Episode
 from metalab.errors import ConfigError
 from metalab.models import build_backbone
 from metalab.registry import ALGORITHMS

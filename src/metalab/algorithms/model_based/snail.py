@@ -20,7 +20,7 @@ prefix causally, each of the M query positions from the prefix and itself only â
 computation of M separate sequences (support + one query), with the prefix computed once.
 Deviations: dilations 1, 2, 4, â€¦ (the paper's pseudocode starts at 2, which reaches only even offsets);
 training episodes have the support in a random order per task, evaluation one fixed interleaving
-(:func:`metalab.sequences.support_order`); train and test ways must be equal (one output per label).
+(:func:`metalab.tasks.sequences.support_order`); train and test ways must be equal (one output per label).
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ from torch import Tensor, nn
 from metalab.algorithms.base import MetaLearner, StepOutput, classification_step, require_equal_ways
 from metalab.config import Config, algorithm_options
 from metalab.data.base import ClassIndexedDataset
-from metalab.episodes import Episode, EpisodeSampler
+from metalab.tasks.episodes import Episode, EpisodeSampler
 from metalab.errors import ConfigError
 from metalab.registry import ALGORITHMS
-from metalab.sequences import ShuffledSupportSampler, support_order
+from metalab.tasks.sequences import ShuffledSupportSampler, support_order
 
 Pair = tuple[Tensor, Tensor]  # (prefix (B, S, C), tail (B, M, C))
 

@@ -51,7 +51,7 @@ from torch import Tensor, nn
 from metalab import functional as fn
 from metalab.algorithms.base import MetaLearner, StepOutput, accuracy, require_equal_ways
 from metalab.config import Config, algorithm_options
-from metalab.episodes import Episode
+from metalab.tasks.episodes import Episode
 from metalab.errors import ConfigError
 from metalab.models import build_backbone
 from metalab.registry import ALGORITHMS

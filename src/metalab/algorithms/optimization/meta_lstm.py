@@ -70,7 +70,7 @@ from torch import Tensor, nn
 from metalab.algorithms.base import MetaLearner, StepOutput, classification_step
 from metalab.algorithms.optimization.maml import build_network, check_ways
 from metalab.config import Config, algorithm_options
-from metalab.episodes import Episode
+from metalab.tasks.episodes import Episode
 from metalab.errors import ConfigError
 from metalab.registry import ALGORITHMS
 

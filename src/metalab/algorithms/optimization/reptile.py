@@ -35,7 +35,7 @@ from metalab import functional as fn
 from metalab.algorithms.base import MetaLearner, StepOutput, accuracy
 from metalab.algorithms.optimization.maml import build_network, check_ways
 from metalab.config import Config, algorithm_options
-from metalab.episodes import Episode
+from metalab.tasks.episodes import Episode
 from metalab.errors import ConfigError
 from metalab.registry import ALGORITHMS
 

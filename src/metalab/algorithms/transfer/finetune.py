@@ -4,7 +4,7 @@ Few-Shot Image Classification: a Good Embedding Is All You Need?", ECCV 2020).
 
 Pre-training (Chen et al. §3.1, "training stage"): a backbone f and a classifier over all C training
 classes, trained with cross-entropy on ordinary mini-batches of the training split
-(:class:`metalab.flat.FlatBatchSampler`) through the same engine as every meta-learner.
+(:class:`metalab.tasks.flat.FlatBatchSampler`) through the same engine as every meta-learner.
 
 - Baseline: ``logits = W f(x) + b``, a linear layer.
 - Baseline++ (§3.2): ``logits_c = s · cos(f(x), w_c)``, the cosine similarity to each class's weight
@@ -32,7 +32,7 @@ Options:
 Paper defaults (Omniglot): Conv-4 on 28×28 images, Adam with learning rate 1e-3, batch 16, 5 epochs over
 the 4112 rotated training classes (the authors' ``train.py``). Deviations: the cosine head is the paper's
 plain cosine (the authors' code also learns a norm per class through weight normalisation); pre-training
-batches are drawn uniformly at random instead of by shuffled epochs (see :mod:`metalab.flat`).
+batches are drawn uniformly at random instead of by shuffled epochs (see :mod:`metalab.tasks.flat`).
 """
 
 from __future__ import annotations
@@ -50,9 +50,9 @@ from metalab.algorithms.base import MetaLearner, StepOutput, accuracy
 from metalab.algorithms.metric.protonet import prototypes, squared_euclidean
 from metalab.config import Config
 from metalab.data.base import ClassIndexedDataset
-from metalab.episodes import Episode
+from metalab.tasks.episodes import Episode
 from metalab.errors import ConfigError
-from metalab.flat import FlatBatch, FlatBatchSampler
+from metalab.tasks.flat import FlatBatch, FlatBatchSampler
 from metalab.models import build_backbone
 from metalab.registry import ALGORITHMS
 

@@ -39,9 +39,9 @@ from metalab.algorithms.base import MetaLearner, accuracy
 from metalab.config import Config
 from metalab.data.base import Preprocess
 from metalab.data.imaging import decode_image
-from metalab.data.sources import load_split
+from metalab.tasks.sources import load_split
 from metalab.engine.evaluate import evaluate
-from metalab.episodes import Episode, FixedEpisodes, to_float
+from metalab.tasks.episodes import Episode, FixedEpisodes, to_float
 from metalab.errors import ConfigError, DataError
 
 LABELS = "class_labels.txt"

@@ -7,7 +7,7 @@ Each point of a curve is the engine's protocol (:func:`metalab.engine.evaluate.e
 over a fixed set of test tasks and its 95% interval, here after ``steps = 0..max_steps`` inner steps on
 K support points (``learner.predict(episode, steps=k)``). The task sets are a function of (split, K,
 queries, count, seed) only, so MAML and the pre-trained baseline are measured on the same tasks, and
-the K = 5, 10, 20 sets share their sinusoids (see :mod:`metalab.data.sinusoid`).
+the K = 5, 10, 20 sets share their sinusoids (see :mod:`metalab.tasks.sinusoid`).
 
 The baseline is the network "pretrained on all tasks" (algorithm ``pretrain``, configs/sinusoid/
 pretrained.yaml), a run of its own: ``metalab eval MAML_RUN --baseline PRETRAINED_RUN``.
@@ -21,9 +21,9 @@ from typing import Any, Sequence
 import torch
 
 from metalab.algorithms.base import MetaLearner
-from metalab.data.sinusoid import sinusoid
+from metalab.tasks.sinusoid import sinusoid
 from metalab.engine.evaluate import evaluate
-from metalab.episodes import Episode, fixed_episodes
+from metalab.tasks.episodes import Episode, fixed_episodes
 
 SHOTS = (5, 10, 20)  # K of the paper's curves
 MAX_STEPS = 10  # the paper's curves: 0..10 gradient steps at test time

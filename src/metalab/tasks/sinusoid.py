@@ -26,7 +26,7 @@ from typing import ClassVar, Iterator
 import torch
 from torch import Tensor
 
-from metalab.episodes import Episode
+from metalab.tasks.episodes import Episode
 from metalab.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -52,7 +52,7 @@ def check_task_shape(name: str, ways: int, shots: int, queries: int, meta_batch:
 
 @dataclass(frozen=True)
 class SinusoidTasks:
-    """The task distribution of one split, as a task source for :func:`metalab.episodes.episode_sampler`.
+    """The task distribution of one split, as a task source for :func:`metalab.tasks.episodes.episode_sampler`.
 
     Attributes:
         split: train | val | test (only the seeds of fixed sets depend on it).

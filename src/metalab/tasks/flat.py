@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from metalab.data.base import ClassIndexedDataset
-from metalab.episodes import to_float
+from metalab.tasks.episodes import to_float
 from metalab.errors import ConfigError, DataError
 
 

@@ -1,6 +1,6 @@
 """Side-by-side comparison of trained runs on the same fixed test episodes, with paired statistics.
 
-Every run is evaluated on exactly the same :class:`~metalab.episodes.FixedEpisodes` per (ways, shots), so
+Every run is evaluated on exactly the same :class:`~metalab.tasks.episodes.FixedEpisodes` per (ways, shots), so
 two methods can be compared episode by episode: the paired difference of their per-episode accuracies
 ``d_e = acc_a(e) − acc_b(e)`` has mean ``d̄`` and 95% confidence interval ``d̄ ± 1.96·s_d/√n`` (s_d with
 Bessel's correction). Pairing removes the between-episode variance that both methods share, so the
@@ -24,12 +24,12 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from metalab.data.sources import load_split
+from metalab.tasks.sources import load_split
 from metalab.engine.build import load_learner
 from metalab.engine.evaluate import evaluate, mean_ci95
-from metalab.episodes import FixedEpisodes
+from metalab.tasks.episodes import FixedEpisodes
 from metalab.errors import ConfigError, DataError
-from metalab.provenance import environment
+from metalab.tools.provenance import environment
 
 # The data settings that define the test tasks: runs differing in one of these see different characters.
 _SPLIT_KEYS = ("dataset", "scheme", "rotations")

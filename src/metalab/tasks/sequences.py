@@ -17,7 +17,7 @@ Sampling is the episode layer's: :meth:`EpisodeSampler.sample_indices` draws the
 I distinct images of each (``shots = instances``, no queries) with an explicit CPU generator; the
 step order and the label permutation are drawn from the same generator, and the images are gathered
 on the dataset's device. A :class:`FixedSequences` set is a pure function of (split, ways, instances,
-count, seed), like :class:`~metalab.episodes.FixedEpisodes`.
+count, seed), like :class:`~metalab.tasks.episodes.FixedEpisodes`.
 
 Standard N-way K-shot episodes become sequences too (MANN's and SNAIL's ``predict``): the class-major
 support set is interleaved by :func:`support_order` — random per task in training
@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from metalab.data.base import ClassIndexedDataset
-from metalab.episodes import Episode, EpisodeSampler, to_float
+from metalab.tasks.episodes import Episode, EpisodeSampler, to_float
 from metalab.errors import DataError
 
 NULL_LABEL = -1  # the "label" shown with the first step: no previous example

@@ -1,7 +1,7 @@
 """Speed of second-order MAML meta-training: the tasks of a meta-batch in parallel (vmap) versus the
 per-task reference loop, on Omniglot-shaped inputs (1×28×28, Conv-4 with 64 filters, random images).
 
-    from metalab.bench import run_bench
+    from metalab.tools.bench import run_bench
     run_bench(torch.device("cpu"))   # {"settings": [{"name": "5w1s-q1", "vmap_tasks_per_s": ..., ...}], ...}
 
 One meta-training step = ``meta_loss`` + ``backward`` (the optimizer step is the same for both and left
@@ -28,8 +28,8 @@ from typing import Callable
 import torch
 
 from metalab.algorithms.optimization.maml import MAML
-from metalab.allocator import allocator_setting
-from metalab.episodes import Episode
+from metalab.tools.allocator import allocator_setting
+from metalab.tasks.episodes import Episode
 
 
 @dataclass

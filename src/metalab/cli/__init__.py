@@ -12,10 +12,10 @@ import logging
 import sys
 from pathlib import Path
 
-from metalab.allocator import keep_freed_memory_unless_opted_out
+from metalab.tools.allocator import keep_freed_memory_unless_opted_out
 from metalab.errors import ConfigError, MetalabError
 
-PRESETS = Path(__file__).resolve().parents[2] / "configs"
+PRESETS = Path(__file__).resolve().parents[3] / "configs"
 
 
 def _add_task_flags(p: argparse.ArgumentParser) -> None:
@@ -128,10 +128,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from metalab.data.sources import load_split
+    from metalab.tasks.sources import load_split
     from metalab.engine.build import load_learner, resolve_device
     from metalab.engine.evaluate import evaluate
-    from metalab.episodes import fixed_episodes, is_regression
+    from metalab.tasks.episodes import fixed_episodes, is_regression
 
     device = resolve_device(args.device)
     learner, cfg, state = load_learner(args.run, device, args.checkpoint)
@@ -153,7 +153,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
               "step": state["step"], "device": str(device)}
     report |= learner.protocol_report(split, e)
     if is_regression(split):
-        from metalab.regression import regression_report
+        from metalab.protocols.regression import regression_report
 
         baseline = None
         if args.baseline:
@@ -185,7 +185,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def eval_challenge(args: argparse.Namespace, learner, cfg, state, device) -> int:
     """Lake et al. 2015's one-shot challenge: the official runs, or within-alphabet 20-way 1-shot episodes."""
-    from metalab.challenge import check_background_only, evaluate_challenge, evaluate_within_alphabet
+    from metalab.protocols.omniglot_challenge import check_background_only, evaluate_challenge, evaluate_within_alphabet
     from metalab.data.base import Preprocess
 
     warning = check_background_only(cfg)  # refuses a run trained on evaluation alphabets
@@ -205,7 +205,7 @@ def eval_challenge(args: argparse.Namespace, learner, cfg, state, device) -> int
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from metalab.compare import compare_runs
+    from metalab.protocols.compare import compare_runs
     from metalab.engine.build import resolve_device
 
     report = compare_runs([Path(r) for r in args.runs], Path(args.data_dir) if args.data_dir else None,
@@ -224,7 +224,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from metalab.data.folder import load_image_folder
     from metalab.data.imaging import load_images
     from metalab.engine.build import load_learner, resolve_device
-    from metalab.episodes import Episode, to_float
+    from metalab.tasks.episodes import Episode, to_float
 
     device = resolve_device(args.device)
     learner, cfg, state = load_learner(args.run, device, args.checkpoint)
@@ -252,9 +252,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from metalab.bench import run_bench
+    from metalab.tools.bench import run_bench
     from metalab.engine.build import resolve_device
-    from metalab.provenance import write_result
+    from metalab.tools.provenance import write_result
 
     device = resolve_device(args.device)
     result = run_bench(device, args.repeats)
@@ -274,7 +274,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     import metalab.algorithms  # noqa: F401
-    import metalab.data.sources  # noqa: F401
+    import metalab.tasks.sources  # noqa: F401
     import metalab.models  # noqa: F401
     from metalab.registry import ALGORITHMS, BACKBONES, DATASETS
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 import metalab
-from metalab.allocator import allocator_setting
+from metalab.tools.allocator import allocator_setting
 
 
 def _git(*args: str) -> str | None:

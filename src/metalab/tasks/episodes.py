@@ -13,7 +13,7 @@ A :class:`FixedEpisodes` set is a pure function of (dataset split, ways, shots, 
 every algorithm evaluated with the same arguments sees exactly the same episodes, so methods can be
 compared pairwise.
 
-Other task sources: a regression source (sinusoid, :mod:`metalab.data.sinusoid`) has float targets
+Other task sources: a regression source (sinusoid, :mod:`metalab.tasks.sinusoid`) has float targets
 ``support_y (B, K, 1)``, ``query_y (B, Q, 1)`` and ``ways = 0``; it supplies its own sampler and fixed
 sets. Code that serves any source (the engine, ``MetaLearner.train_sampler``) goes through
 :func:`episode_sampler`, :func:`fixed_episodes`, :func:`input_shape` and :func:`is_regression`.

@@ -1,5 +1,5 @@
 """Dataset builders by name: a run's ``data:`` config and a split name → a task source: a
-ClassIndexedDataset for images, a :class:`~metalab.data.sinusoid.SinusoidTasks` for sinusoid regression."""
+ClassIndexedDataset for images, a :class:`~metalab.tasks.sinusoid.SinusoidTasks` for sinusoid regression."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from metalab.config import DataConfig
 from metalab.data.base import ClassIndexedDataset, Preprocess
-from metalab.data.sinusoid import SPLITS as SINUSOID_SPLITS, SinusoidTasks
+from metalab.tasks.sinusoid import SPLITS as SINUSOID_SPLITS, SinusoidTasks
 from metalab.errors import ConfigError, DataError
 from metalab.registry import DATASETS
 

@@ -1,0 +1,7 @@
+"""``python -m metalab.cli`` (what benchmarks/accuracy.py runs)."""
+
+import sys
+
+from metalab.cli import main
+
+sys.exit(main())

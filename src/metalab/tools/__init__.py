@@ -1,0 +1,1 @@
+"""Tools around the library: speed benchmarks, the CPU allocator setting, provenance of results."""
