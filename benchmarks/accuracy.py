@@ -4,7 +4,8 @@
         --name protonet-omniglot-cpu [--train-args="--max-minutes 15"] [--eval-args="--ways 20"]...
 
 Runs ``metalab train`` then ``metalab eval --json`` (once per --eval-args, default once with the
-config's evaluation settings) as subprocesses, and writes benchmarks/results/<name>.json (or --results DIR/<name>.json) with the
+config's evaluation settings) as subprocesses, and writes benchmarks/results/<name>.json (or
+--results DIR/<name>.json) with the
 exact commands, the training wall time, the validation learning curve (from metrics.jsonl), the test
 results, and the commit, date and hardware.
 """
@@ -26,29 +27,59 @@ from metalab.tools.provenance import write_result
 def run(cmd: list[str]) -> str:
     print("$ " + shlex.join(cmd), file=sys.stderr)
     done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
-    if done.returncode != 0:  # metalab has printed what went wrong on stderr; no traceback on top of it
-        sys.exit(f"accuracy.py: this command failed (exit {done.returncode}), no result written: {shlex.join(cmd)}")
+    # metalab has printed what went wrong on stderr; no traceback on top of it
+    if done.returncode != 0:
+        sys.exit(
+            f"accuracy.py: this command failed (exit {done.returncode}), no result written: "
+            f"{shlex.join(cmd)}"
+        )
     return done.stdout
 
 
 def main() -> None:
-    keep_freed_memory_unless_opted_out()  # as the metalab subprocesses do, so the record describes them
+    # as the metalab subprocesses do, so the record describes them
+    keep_freed_memory_unless_opted_out()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("config")
-    p.add_argument("--data-dir", help="dataset folder (not needed for generated tasks such as sinusoid)")
-    p.add_argument("--name", required=True, help="results file name (benchmarks/results/<name>.json)")
+    p.add_argument(
+        "--data-dir", help="dataset folder (not needed for generated tasks such as sinusoid)"
+    )
+    p.add_argument(
+        "--name", required=True, help="results file name (benchmarks/results/<name>.json)"
+    )
     p.add_argument("--out", help="run directory (default runs/bench-<name>)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--results", default="benchmarks/results", help="folder for <name>.json (default benchmarks/results)")
-    p.add_argument("--train-args", default="", help='extra flags for metalab train, one string: --train-args="--steps 100"')
-    p.add_argument("--eval-args", action="append", default=None,
-                   help='extra flags for one metalab eval (repeatable): --eval-args="--ways 20"')
+    p.add_argument(
+        "--results",
+        default="benchmarks/results",
+        help="folder for <name>.json (default benchmarks/results)",
+    )
+    p.add_argument(
+        "--train-args",
+        default="",
+        help='extra flags for metalab train, one string: --train-args="--steps 100"',
+    )
+    p.add_argument(
+        "--eval-args",
+        action="append",
+        default=None,
+        help='extra flags for one metalab eval (repeatable): --eval-args="--ways 20"',
+    )
     args = p.parse_args()
     out = args.out or f"runs/bench-{args.name}"
     metalab = [sys.executable, "-m", "metalab.cli"]
     data = ["--data-dir", args.data_dir] if args.data_dir else []
-    train_cmd = metalab + ["train", args.config, *data, "--out", out, "--device", args.device,
-                           "--quiet", *shlex.split(args.train_args)]
+    train_cmd = metalab + [
+        "train",
+        args.config,
+        *data,
+        "--out",
+        out,
+        "--device",
+        args.device,
+        "--quiet",
+        *shlex.split(args.train_args),
+    ]
     start = time.monotonic()
     run(train_cmd)
     train_s = time.monotonic() - start
@@ -59,14 +90,30 @@ def main() -> None:
         result["command"] = shlex.join(["metalab", *cmd[3:]])
         evals.append(result)
         metric = next(m for m in ("accuracy", "mse", "error_rate") if m in result)
-        print(f"{result.get('ways')}-way {result.get('shots')}-shot {metric}: {result[metric]:.4g} ± {result['ci95']:.2g}", file=sys.stderr)
-    lines = [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    curve = [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}
-             for r in lines if any(k.startswith("val_") for k in r)]
+        print(
+            f"{result.get('ways')}-way {result.get('shots')}-shot {metric}: {result[metric]:.4g} "
+            f"± {result['ci95']:.2g}",
+            file=sys.stderr,
+        )
+    lines = [
+        json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines() if x.strip()
+    ]
+    curve = [
+        {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}
+        for r in lines
+        if any(k.startswith("val_") for k in r)
+    ]
     last_train = [r for r in lines if "loss" in r][-1:]
-    results = {"train_command": shlex.join(["metalab", *train_cmd[3:]]), "train_wall_s": round(train_s, 1),
-               "steps": last_train[0]["step"] if last_train else None, "eval": evals, "val_curve": curve}
-    path = write_result(Path(args.results) / f"{args.name}.json", shlex.join(["python", *sys.argv]), results)
+    results = {
+        "train_command": shlex.join(["metalab", *train_cmd[3:]]),
+        "train_wall_s": round(train_s, 1),
+        "steps": last_train[0]["step"] if last_train else None,
+        "eval": evals,
+        "val_curve": curve,
+    }
+    path = write_result(
+        Path(args.results) / f"{args.name}.json", shlex.join(["python", *sys.argv]), results
+    )
     print(path)
 
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from metalab.tools.allocator import keep_freed_memory_unless_opted_out
 from metalab.data.omniglot import load_omniglot
 from metalab.engine.build import resolve_device
 from metalab.tasks.episodes import EpisodeSampler
+from metalab.tools.allocator import keep_freed_memory_unless_opted_out
 from metalab.tools.provenance import write_result
 
 
@@ -49,7 +49,9 @@ def main() -> None:
     for ways, shots, queries in ((5, 1, 15), (20, 5, 15)):
         for batch in (1, 32):
             key = f"{ways}w{shots}s{queries}q-batch{batch}"
-            rate = throughput(EpisodeSampler(train, ways, shots, queries, batch), args.seconds, device)
+            rate = throughput(
+                EpisodeSampler(train, ways, shots, queries, batch), args.seconds, device
+            )
             results[key] = {"episodes_per_s": round(rate, 1)}
             print(f"{key}: {rate:,.0f} episodes/s", file=sys.stderr)
     out = args.out or f"benchmarks/results/sampling-{device.type}.json"

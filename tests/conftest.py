@@ -1,4 +1,5 @@
-"""Shared fixtures: the data directory (../shared/data by default, or $METALAB_TEST_DATA) and a private cache."""
+"""Shared fixtures: the data directory (../shared/data by default, or $METALAB_TEST_DATA) and a
+private cache."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ def data_dir() -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def _session_cache(tmp_path_factory) -> None:
-    """Decoded datasets are cached once per test session (unless $METALAB_CACHE is set by the caller)."""
+    """Decoded datasets are cached once per test session (unless $METALAB_CACHE is set by the
+    caller)."""
     if "METALAB_CACHE" not in os.environ:
         os.environ["METALAB_CACHE"] = str(tmp_path_factory.mktemp("metalab-cache"))

@@ -1,4 +1,5 @@
-"""The CPU allocator setting (metalab.tools.allocator): opt-out respected, effect reported, memory still freed for reuse."""
+"""The CPU allocator setting (metalab.tools.allocator): opt-out respected, effect reported, memory
+still freed for reuse."""
 
 from __future__ import annotations
 
@@ -12,13 +13,20 @@ import torch
 
 from metalab.tools import allocator
 
-PROBE = ("import json, metalab.tools.allocator as a; kept = a.keep_freed_memory_unless_opted_out(); "
-         "print(json.dumps([kept, a.allocator_setting()]))")
+PROBE = (
+    "import json, metalab.tools.allocator as a; kept = a.keep_freed_memory_unless_opted_out(); "
+    "print(json.dumps([kept, a.allocator_setting()]))"
+)
 
 
 def _probe(env: dict[str, str]) -> list:
-    out = subprocess.run([sys.executable, "-c", PROBE], env={**os.environ, **env}, check=True, stdout=subprocess.PIPE,
-                         text=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        env={**os.environ, **env},
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    ).stdout
     return json.loads(out)
 
 

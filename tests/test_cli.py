@@ -11,7 +11,15 @@ from metalab.cli import main
 SMALL = {
     "algorithm": {"name": "protonet", "hidden": 16},
     "data": {"dataset": "omniglot"},
-    "train": {"steps": 3, "ways": 5, "shots": 1, "queries": 2, "val_every": 3, "val_episodes": 5, "tensorboard": False},
+    "train": {
+        "steps": 3,
+        "ways": 5,
+        "shots": 1,
+        "queries": 2,
+        "val_every": 3,
+        "val_episodes": 5,
+        "tensorboard": False,
+    },
     "eval": {"episodes": 20, "queries": 3},
 }
 
@@ -20,7 +28,20 @@ SMALL = {
 def run_dir(data_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     (root / "small.yaml").write_text(yaml.safe_dump(SMALL))
-    assert main(["train", str(root / "small.yaml"), "--data-dir", str(data_dir), "--out", str(root / "run"), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(root / "small.yaml"),
+                "--data-dir",
+                str(data_dir),
+                "--out",
+                str(root / "run"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     return root / "run"
 
 
@@ -36,12 +57,45 @@ def test_eval_json_is_complete_and_repeatable(run_dir, data_dir, capsys):
     argv = ["eval", str(run_dir), "--data-dir", str(data_dir), "--json", "--device", "cpu"]
     assert main(argv) == 0
     first = json.loads(capsys.readouterr().out)
-    for key in ("accuracy", "ci95", "episodes", "ways", "shots", "queries", "split", "algorithm", "dataset"):
+    for key in (
+        "accuracy",
+        "ci95",
+        "episodes",
+        "ways",
+        "shots",
+        "queries",
+        "split",
+        "algorithm",
+        "dataset",
+    ):
         assert key in first
-    assert first["episodes"] == 20 and first["ways"] == 5 and first["split"] == "test" and first["algorithm"] == "protonet"
+    assert (
+        first["episodes"] == 20
+        and first["ways"] == 5
+        and first["split"] == "test"
+        and first["algorithm"] == "protonet"
+    )
     assert main(argv) == 0
-    assert json.loads(capsys.readouterr().out) == first  # evaluating one checkpoint twice: identical numbers
-    assert main(["eval", str(run_dir), "--device", "cpu", "--ways", "20", "--shots", "5", "--episodes", "4"]) == 0
+    assert (
+        json.loads(capsys.readouterr().out) == first
+    )  # evaluating one checkpoint twice: identical numbers
+    assert (
+        main(
+            [
+                "eval",
+                str(run_dir),
+                "--device",
+                "cpu",
+                "--ways",
+                "20",
+                "--shots",
+                "5",
+                "--episodes",
+                "4",
+            ]
+        )
+        == 0
+    )
     assert "20-way 5-shot" in capsys.readouterr().out
 
 
@@ -51,11 +105,30 @@ def test_predict_on_own_folders(run_dir, data_dir, tmp_path, capsys):
         for char in ("character01", "character02"):
             files = [n for n in names if f"/Angelic/{char}/" in n]
             for i, n in enumerate(files[:3]):
-                target = (tmp_path / "support" / char / f"{i}.png") if i < 2 else (tmp_path / f"query-{char}.png")
+                target = (
+                    (tmp_path / "support" / char / f"{i}.png")
+                    if i < 2
+                    else (tmp_path / f"query-{char}.png")
+                )
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(z.read(n))
     queries = [str(tmp_path / "query-character01.png"), str(tmp_path / "query-character02.png")]
-    assert main(["predict", str(run_dir), "--support", str(tmp_path / "support"), "--query", *queries, "--json", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(run_dir),
+                "--support",
+                str(tmp_path / "support"),
+                "--query",
+                *queries,
+                "--json",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     rows = json.loads(capsys.readouterr().out)
     assert [r["query"] for r in rows] == queries
     assert all(set(r["probabilities"]) == {"character01", "character02"} for r in rows)
@@ -68,23 +141,50 @@ def test_list_and_data_info(data_dir, capsys):
     assert "protonet" in out and "configs/omniglot/protonet-5w1s.yaml" in out
     assert main(["data", "info", "omniglot", "--data-dir", str(data_dir), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["splits"]["train"]["classes"] == 4112 and info["splits"]["test"]["characters"] == 423
+    assert (
+        info["splits"]["train"]["classes"] == 4112 and info["splits"]["test"]["characters"] == 423
+    )
 
 
 def test_bad_input_gives_one_line(run_dir, data_dir, tmp_path, capsys):
     cfg = tmp_path / "small.yaml"
     cfg.write_text(yaml.safe_dump(SMALL))
     out = str(tmp_path / "x")
-    assert "images_background.zip" in one_error_line(capsys, ["train", str(cfg), "--data-dir", str(tmp_path / "nothing"), "--out", out])
-    assert "--ways 5000" in one_error_line(capsys, ["train", str(cfg), "--data-dir", str(data_dir), "--out", out, "--ways", "5000"])
-    assert "class '" in one_error_line(capsys, ["train", str(cfg), "--data-dir", str(data_dir), "--out", out, "--shots", "10", "--queries", "15"])
-    assert "train.stpes" in one_error_line(capsys, ["train", str(cfg), "--data-dir", str(data_dir), "--out", out, "--set", "train.stpes=3"])
-    assert "choices" in one_error_line(capsys, ["train", str(cfg), "--out", out, "--set", "algorithm=nosuch"])
+    assert "images_background.zip" in one_error_line(
+        capsys, ["train", str(cfg), "--data-dir", str(tmp_path / "nothing"), "--out", out]
+    )
+    assert "--ways 5000" in one_error_line(
+        capsys, ["train", str(cfg), "--data-dir", str(data_dir), "--out", out, "--ways", "5000"]
+    )
+    assert "class '" in one_error_line(
+        capsys,
+        [
+            "train",
+            str(cfg),
+            "--data-dir",
+            str(data_dir),
+            "--out",
+            out,
+            "--shots",
+            "10",
+            "--queries",
+            "15",
+        ],
+    )
+    assert "train.stpes" in one_error_line(
+        capsys,
+        ["train", str(cfg), "--data-dir", str(data_dir), "--out", out, "--set", "train.stpes=3"],
+    )
+    assert "choices" in one_error_line(
+        capsys, ["train", str(cfg), "--out", out, "--set", "algorithm=nosuch"]
+    )
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
     assert "junk.pt" in one_error_line(capsys, ["eval", str(junk), "--data-dir", str(data_dir)])
-    assert "no checkpoint" in one_error_line(capsys, ["eval", str(tmp_path), "--data-dir", str(data_dir)])
-    with pytest.raises(Exception):
+    assert "no checkpoint" in one_error_line(
+        capsys, ["eval", str(tmp_path), "--data-dir", str(data_dir)]
+    )
+    with pytest.raises(Exception):  # noqa: B017  (--debug re-raises whatever went wrong)
         main(["--debug", "eval", str(junk)])
 
 
@@ -94,9 +194,32 @@ def test_compare_and_challenge_commands(run_dir, data_dir, tmp_path, capsys):
     other = tmp_path / "protonet-copy"
     shutil.copytree(run_dir, other)
     out = tmp_path / "cmp"
-    assert main(["compare", str(run_dir), str(other), "--out", str(out), "--data-dir", str(data_dir),
-                 "--ways", "5", "--shots", "1", "--episodes", "5", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                str(run_dir),
+                str(other),
+                "--out",
+                str(out),
+                "--data-dir",
+                str(data_dir),
+                "--ways",
+                "5",
+                "--shots",
+                "1",
+                "--episodes",
+                "5",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert {"compare.md", "compare.json", "compare.png"} <= {p.name for p in out.iterdir()}
     capsys.readouterr()
-    # the run was trained on the Vinyals split, which holds evaluation alphabets: the challenge refuses it
-    assert "vinyals" in one_error_line(capsys, ["eval", str(run_dir), "--within-alphabet", "--data-dir", str(data_dir)])
+    # the run was trained on the Vinyals split, which holds evaluation alphabets: the challenge
+    # refuses it
+    assert "vinyals" in one_error_line(
+        capsys, ["eval", str(run_dir), "--within-alphabet", "--data-dir", str(data_dir)]
+    )

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
+import metalab.algorithms  # noqa: F401
 from metalab.config import load_config, parse_config
 from metalab.errors import ConfigError
 from metalab.registry import ALGORITHMS
-import metalab.algorithms  # noqa: F401
 
 PRESETS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("**/*.yaml"))
 
@@ -19,7 +19,9 @@ def test_every_preset_is_valid(path):
 
 
 def test_unknown_key_is_named_with_a_suggestion():
-    with pytest.raises(ConfigError, match=r"unknown config key 'config.train.stpes' \(did you mean 'steps'\?\)"):
+    with pytest.raises(
+        ConfigError, match=r"unknown config key 'config.train.stpes' \(did you mean 'steps'\?\)"
+    ):
         parse_config({"train": {"stpes": 3}})
     with pytest.raises(ConfigError, match=r"unknown config key 'config.bogus'"):
         parse_config({"bogus": 1})
@@ -40,7 +42,15 @@ def test_wrong_type_is_named():
 def test_overrides(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("algorithm: protonet\ntrain: {steps: 5}\n")
-    cfg = load_config(p, ["train.lr=1e-2", "algorithm.distance=cosine", "data.rotations=[0, 90]", "train.max_minutes=0.5"])
+    cfg = load_config(
+        p,
+        [
+            "train.lr=1e-2",
+            "algorithm.distance=cosine",
+            "data.rotations=[0, 90]",
+            "train.max_minutes=0.5",
+        ],
+    )
     assert cfg.train.lr == 0.01 and cfg.train.steps == 5 and cfg.algorithm["distance"] == "cosine"
     assert cfg.data.rotations == [0, 90] and cfg.train.max_minutes == 0.5
     with pytest.raises(ConfigError, match="expected key=value"):

@@ -1,4 +1,5 @@
-"""Data: Omniglot splits and decoding, the decode cache, user image folders, downloads (never online)."""
+"""Data: Omniglot splits and decoding, the decode cache, user image folders, downloads (never
+online)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,15 @@ import pytest
 import torch
 from PIL import Image
 
-from metalab.data import Preprocess, load_image_folder, load_images, load_omniglot, omniglot_info
-from metalab.data import cache, download
+from metalab.data import (
+    Preprocess,
+    cache,
+    download,
+    load_image_folder,
+    load_images,
+    load_omniglot,
+    omniglot_info,
+)
 from metalab.data.omniglot import find_omniglot_root
 from metalab.errors import ConfigError, DataError
 
@@ -65,7 +73,9 @@ def test_vinyals_images(vinyals):
         assert dataset.images.dtype == torch.uint8
         assert dataset.name == f"omniglot-vinyals-{split}"
     images = vinyals["test"].images
-    assert images.float().mean() < 60 and images.max() == 255 and images.min() == 0  # bright strokes on black
+    assert (
+        images.float().mean() < 60 and images.max() == 255 and images.min() == 0
+    )  # bright strokes on black
 
 
 def test_rotation_classes_are_rot90_of_upright(vinyals):
@@ -85,7 +95,9 @@ def test_rotation_classes_are_rot90_of_upright(vinyals):
 
 def test_rotation_is_counter_clockwise_like_pil(tmp_path):
     _fake_omniglot(tmp_path, characters=1, drawings=1)
-    dataset = load_omniglot(tmp_path, "lake", "train", rotations=(0, 90), cache_dir=tmp_path / "cache")
+    dataset = load_omniglot(
+        tmp_path, "lake", "train", rotations=(0, 90), cache_dir=tmp_path / "cache"
+    )
     (path,) = (tmp_path / "images_background").rglob("*.png")
     rotated = 255 - torch.from_numpy(np.array(Image.open(path).convert("L").rotate(90)))
     assert dataset.class_names == ["Alpha/character01/rot000", "Alpha/character01/rot090"]
@@ -93,7 +105,8 @@ def test_rotation_is_counter_clockwise_like_pil(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("scheme", "train", "test"), [("lake", 964, 659), ("lake-small1", 136, 659), ("lake-small2", 156, 659)]
+    ("scheme", "train", "test"),
+    [("lake", 964, 659), ("lake-small1", 136, 659), ("lake-small2", 156, 659)],
 )
 def test_lake_schemes(data_dir, scheme, train, test):
     for split, characters in (("train", train), ("test", test)):
@@ -105,7 +118,10 @@ def test_lake_schemes(data_dir, scheme, train, test):
 def test_omniglot_info(data_dir):
     info = omniglot_info(data_dir)
     assert set(info["sources"]) == {
-        "images_background", "images_evaluation", "images_background_small1", "images_background_small2"
+        "images_background",
+        "images_evaluation",
+        "images_background_small1",
+        "images_background_small2",
     }
     for split, characters in VINYALS_SIZES.items():
         numbers = info["splits"][split]
@@ -118,7 +134,11 @@ def test_omniglot_info(data_dir):
 
 
 def test_root_is_found_from_parent_or_itself(data_dir):
-    assert find_omniglot_root(data_dir) == find_omniglot_root(data_dir / "omniglot") == data_dir / "omniglot"
+    assert (
+        find_omniglot_root(data_dir)
+        == find_omniglot_root(data_dir / "omniglot")
+        == data_dir / "omniglot"
+    )
 
 
 def test_unknown_scheme_split_or_rotation(data_dir):
@@ -155,21 +175,31 @@ def test_corrupt_png_in_folder_is_named(tmp_path):
 
 def test_corrupt_png_in_zip_is_named(tmp_path):
     with zipfile.ZipFile(tmp_path / "images_background.zip", "w") as archive:
-        archive.writestr("images_background/Alpha/character01/0001_01.png", _png(np.zeros((28, 28), np.uint8)))
-        archive.writestr("images_background/Alpha/character01/0001_02.png", _png(np.zeros((28, 28), np.uint8))[:40])
-    with pytest.raises(DataError, match=r"images_background.zip:images_background/Alpha/character01/0001_02.png"):
+        archive.writestr(
+            "images_background/Alpha/character01/0001_01.png", _png(np.zeros((28, 28), np.uint8))
+        )
+        archive.writestr(
+            "images_background/Alpha/character01/0001_02.png",
+            _png(np.zeros((28, 28), np.uint8))[:40],
+        )
+    with pytest.raises(
+        DataError, match=r"images_background.zip:images_background/Alpha/character01/0001_02.png"
+    ):
         load_omniglot(tmp_path, "lake", "train", cache_dir=tmp_path / "cache")
 
 
 def test_download_flag_fetches_missing_files(tmp_path, monkeypatch):
     fetched = []
-    monkeypatch.setattr("metalab.data.omniglot.download_omniglot", lambda root, names: fetched.append((root, names)))
+    monkeypatch.setattr(
+        "metalab.data.omniglot.download_omniglot", lambda root, names: fetched.append((root, names))
+    )
     with pytest.raises(DataError):  # the fake download wrote nothing
         load_omniglot(tmp_path, "lake-small1", "test", download=True)
     assert fetched == [(tmp_path, ["images_evaluation.zip"])]
 
 
-# --- cache ------------------------------------------------------------------------------------------
+# --- cache
+# ------------------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -193,7 +223,9 @@ def test_cache_hit_skips_build(cached):
     _, builds, load = cached
     first, second = load(), load()
     assert len(builds) == 1
-    assert torch.equal(first["x"], second["x"]) and second["names"] == ["a", "b"] and second["n"] == 2
+    assert (
+        torch.equal(first["x"], second["x"]) and second["names"] == ["a", "b"] and second["n"] == 2
+    )
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])
@@ -258,7 +290,9 @@ def test_image_folder(tmp_path, caplog):
     assert "notes.txt" in caplog.text
     assert dataset.class_names == ["cat", "dog"] and dataset.counts.tolist() == [3, 3]
     assert dataset.images.shape == (6, 3, 16, 16) and dataset.images.dtype == torch.uint8
-    assert dataset.images[0, 0].float().mean() > 200 and dataset.images[3, 2].float().mean() > 200  # red cat, blue dog
+    assert (
+        dataset.images[0, 0].float().mean() > 200 and dataset.images[3, 2].float().mean() > 200
+    )  # red cat, blue dog
     assert dataset.name == "pets" and dataset.group_names == [""]
     again = load_image_folder(root, Preprocess(16, 3, False), cache_dir=tmp_path / "cache")
     assert torch.equal(again.images, dataset.images)
@@ -283,13 +317,16 @@ def test_image_folder_errors(tmp_path):
 
 def test_load_images(tmp_path):
     _fake_folder(tmp_path)
-    images = load_images([tmp_path / "cat" / "0.jpg", tmp_path / "dog" / "1.jpg"], Preprocess(20, 1, True))
+    images = load_images(
+        [tmp_path / "cat" / "0.jpg", tmp_path / "dog" / "1.jpg"], Preprocess(20, 1, True)
+    )
     assert images.shape == (2, 1, 20, 20) and images.dtype == torch.uint8
     with pytest.raises(DataError, match="missing.png not found"):
         load_images([tmp_path / "missing.png"], Preprocess())
 
 
-# --- download (offline) -----------------------------------------------------------------------------
+# --- download (offline)
+# -----------------------------------------------------------------------------
 
 
 def test_download_without_network(tmp_path, monkeypatch):
@@ -308,14 +345,18 @@ def test_download_checks_sha256(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="sha256"):
         download.download_omniglot(tmp_path, ["images_evaluation.zip"])
     assert os.listdir(tmp_path) == []
-    monkeypatch.setitem(download.OMNIGLOT_SHA256, "images_evaluation.zip", hashlib.sha256(b"fake zip").hexdigest())
+    monkeypatch.setitem(
+        download.OMNIGLOT_SHA256, "images_evaluation.zip", hashlib.sha256(b"fake zip").hexdigest()
+    )
     download.download_omniglot(tmp_path, ["images_evaluation.zip"])
     assert (tmp_path / "images_evaluation.zip").read_bytes() == b"fake zip"
 
 
 def test_info_download_fetches_the_schemes_sources(tmp_path, monkeypatch):
     fetched = []
-    monkeypatch.setattr("metalab.data.omniglot.download_omniglot", lambda root, names: fetched.extend(names))
+    monkeypatch.setattr(
+        "metalab.data.omniglot.download_omniglot", lambda root, names: fetched.extend(names)
+    )
     with pytest.raises(DataError):  # the fake download wrote nothing
         omniglot_info(tmp_path, "lake-small2", download=True)
     assert fetched == ["images_background_small2.zip", "images_evaluation.zip"]

@@ -1,20 +1,31 @@
-"""Episode sampler invariants and fixed evaluation sets, on a synthetic dataset whose pixels name their image."""
+"""Episode sampler invariants and fixed evaluation sets, on a synthetic dataset whose pixels name
+their image."""
 
 import pytest
 import torch
 
 from metalab.data.base import ClassIndexedDataset
-from metalab.tasks.episodes import EpisodeSampler, FixedEpisodes
 from metalab.errors import DataError
+from metalab.tasks.episodes import EpisodeSampler, FixedEpisodes
 
 
-def synthetic(counts=(5, 7, 6, 9, 5, 8, 6, 7), groups=("a", "a", "a", "b", "b", "b", "c", "c")) -> ClassIndexedDataset:
-    """Image i of the whole set has every pixel equal to i (so gathered images can be traced back)."""
+def synthetic(
+    counts=(5, 7, 6, 9, 5, 8, 6, 7), groups=("a", "a", "a", "b", "b", "b", "c", "c")
+) -> ClassIndexedDataset:
+    """Image i of the whole set has every pixel equal to i (so gathered images can be traced
+    back)."""
     per_class, start = [], 0
     for c in counts:
-        per_class.append(torch.arange(start, start + c, dtype=torch.uint8).view(c, 1, 1, 1).expand(c, 1, 2, 2).clone())
+        per_class.append(
+            torch.arange(start, start + c, dtype=torch.uint8)
+            .view(c, 1, 1, 1)
+            .expand(c, 1, 2, 2)
+            .clone()
+        )
         start += c
-    return ClassIndexedDataset.from_class_tensors("synthetic", per_class, [f"c{i}" for i in range(len(counts))], list(groups))
+    return ClassIndexedDataset.from_class_tensors(
+        "synthetic", per_class, [f"c{i}" for i in range(len(counts))], list(groups)
+    )
 
 
 def image_ids(x: torch.Tensor) -> torch.Tensor:
@@ -50,7 +61,9 @@ def test_all_classes_and_images_are_drawn():
     seen = set()
     for _ in range(20):
         ep = sampler.sample(g)
-        seen |= set(image_ids(ep.support_x).flatten().tolist()) | set(image_ids(ep.query_x).flatten().tolist())
+        seen |= set(image_ids(ep.support_x).flatten().tolist()) | set(
+            image_ids(ep.query_x).flatten().tolist()
+        )
     assert seen == set(range(int(ds.counts.sum())))
 
 

@@ -1,4 +1,5 @@
-"""metalab.functional: the inner loop and the two meta-batch implementations, checked in float64 against
+"""metalab.functional: the inner loop and the two meta-batch implementations, checked in float64
+against
 finite differences and each other on a small Conv-4 with BatchNorm (batch statistics only)."""
 
 import pytest
@@ -14,7 +15,9 @@ B, N, K, Q, H = 3, 2, 1, 2, 12  # 3 tasks, 2-way 1-shot 2-query, 12×12 images
 
 def small_net() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(Conv4(1, hidden=8, blocks=3, track_running_stats=False), nn.Linear(8, N)).double()
+    return nn.Sequential(
+        Conv4(1, hidden=8, blocks=3, track_running_stats=False), nn.Linear(8, N)
+    ).double()
 
 
 def tasks():
@@ -27,9 +30,17 @@ def tasks():
 
 def make_task(net: nn.Module, steps: int, first_order: bool, lr=0.1):
     def task(grad_fn, params, sx, sy, qx, qy):
-        fast = fn.sgd(lambda p: F.cross_entropy(fn.call(net, p, sx), sy), params, lr, steps, first_order, grad_fn)
+        fast = fn.sgd(
+            lambda p: F.cross_entropy(fn.call(net, p, sx), sy),
+            params,
+            lr,
+            steps,
+            first_order,
+            grad_fn,
+        )
         logits = fn.call(net, fast, qx)
         return F.cross_entropy(logits, qy), logits
+
     return task
 
 
@@ -59,19 +70,28 @@ def test_vmap_meta_gradient_equals_per_task_loop(steps, first_order):
 
 
 def test_second_order_meta_gradient_matches_finite_differences():
-    """The loop (plain autograd, create_graph) and vmap agree with a central difference along a direction.
+    """The loop (plain autograd, create_graph) and vmap agree with a central difference along a
+    direction.
     tanh and average pooling make the meta-loss smooth, so the difference converges."""
     torch.manual_seed(0)
-    block = lambda i: nn.Sequential(nn.Conv2d(i, 8, 3, padding=1), nn.BatchNorm2d(8, track_running_stats=False),  # noqa: E731
-                                    nn.Tanh(), nn.AvgPool2d(2))
+    block = lambda i: nn.Sequential(
+        nn.Conv2d(i, 8, 3, padding=1),
+        nn.BatchNorm2d(8, track_running_stats=False),  # noqa: E731
+        nn.Tanh(),
+        nn.AvgPool2d(2),
+    )
     net = nn.Sequential(block(1), block(8), block(8), nn.Flatten(), nn.Linear(8, N)).double()
     task = make_task(net, 2, False)
     params = {k: p.detach() for k, p in fn.parameters(net).items()}
     d = {k: torch.randn_like(p) for k, p in params.items()}
     eps = 1e-6
     with torch.no_grad():
-        shifted = lambda s: fn.run_tasks(task, {k: p + s * eps * d[k] for k, p in params.items()}, *tasks(),  # noqa: E731
-                                         parallel="loop")[0]
+        shifted = lambda s: fn.run_tasks(
+            task,
+            {k: p + s * eps * d[k] for k, p in params.items()},
+            *tasks(),  # noqa: E731
+            parallel="loop",
+        )[0]
         fd = float(shifted(1) - shifted(-1)) / (2 * eps)
     for parallel in ("vmap", "loop"):
         _, grads = meta_grads(net, task, parallel)
@@ -80,7 +100,8 @@ def test_second_order_meta_gradient_matches_finite_differences():
 
 
 def test_autograd_through_vmap_is_not_used_because_it_is_wrong_with_batchnorm():
-    """Guards the trap metalab avoids: backward *through* vmap(task with func.grad) differs from the loop
+    """Guards the trap metalab avoids: backward *through* vmap(task with func.grad) differs from the
+    loop
     (torch 2.13); if torch fixes it, this test tells us the surrogate is no longer needed."""
     net = small_net()
     task = make_task(net, 1, False)
@@ -94,12 +115,22 @@ def test_autograd_through_vmap_is_not_used_because_it_is_wrong_with_batchnorm():
 def test_per_parameter_per_step_rates_are_differentiable():
     net = small_net()
     params = fn.parameters(net)
-    rates = [{k: torch.full_like(p, 0.1, requires_grad=True) for k, p in params.items()} for _ in range(2)]
+    rates = [
+        {k: torch.full_like(p, 0.1, requires_grad=True) for k, p in params.items()}
+        for _ in range(2)
+    ]
     sx, sy, qx, qy = (t[0] for t in tasks())
-    fast = fn.sgd(lambda p: F.cross_entropy(fn.call(net, p, sx), sy), params, rates, steps=3,
-                  grad_fn=fn.autograd_grad)
+    fast = fn.sgd(
+        lambda p: F.cross_entropy(fn.call(net, p, sx), sy),
+        params,
+        rates,
+        steps=3,
+        grad_fn=fn.autograd_grad,
+    )
     F.cross_entropy(fn.call(net, fast, qx), qy).backward()
-    assert all(r.grad is not None and r.grad.abs().sum() > 0 for step in rates for r in step.values())
+    assert all(
+        r.grad is not None and r.grad.abs().sum() > 0 for step in rates for r in step.values()
+    )
     assert fn.lr_at(rates, "1.weight", 5) is rates[1]["1.weight"]  # the last rate repeats
 
 
@@ -115,7 +146,8 @@ def test_subset_adaptation_leaves_other_parameters_alone():
 
 
 def test_submodule_registered_twice_is_called_and_differentiated_correctly():
-    """call() passes tie_weights=False; a shared layer used twice gets the new weights at both uses."""
+    """call() passes tie_weights=False; a shared layer used twice gets the new weights at both
+    uses."""
     torch.manual_seed(0)
     shared = nn.Linear(3, 3)
 
@@ -134,11 +166,15 @@ def test_submodule_registered_twice_is_called_and_differentiated_correctly():
 
     def manual(p):
         w, b = p["a.weight"], p["a.bias"]
-        return F.linear(torch.tanh(F.linear(torch.tanh(F.linear(x, w, b)), w, b)), p["out.weight"], p["out.bias"])
+        return F.linear(
+            torch.tanh(F.linear(torch.tanh(F.linear(x, w, b)), w, b)),
+            p["out.weight"],
+            p["out.bias"],
+        )
 
     new = {k: 2 * v.detach() for k, v in params.items()}
     assert torch.allclose(fn.call(net, new, x), manual(new), rtol=0, atol=1e-14)
-    loss = lambda f: (lambda p: f(p).pow(2).sum())  # noqa: E731
+    loss = lambda f: lambda p: f(p).pow(2).sum()  # noqa: E731
     got = fn.sgd(loss(lambda p: fn.call(net, p, x)), new, 0.1, 2)
     want = fn.sgd(loss(manual), new, 0.1, 2)
     assert all(torch.allclose(got[k], want[k], rtol=0, atol=1e-14) for k in want)
@@ -157,6 +193,7 @@ def test_autograd_grad_adapts_under_no_grad():
 
 def test_auto_parallel_keeps_the_faster_per_signature():
     import time
+
     calls = []
 
     def trial(impl):  # the loop is slower here; each trial runs a warm-up and a timed call
@@ -166,7 +203,9 @@ def test_auto_parallel_keeps_the_faster_per_signature():
     auto = fn.AutoParallel()
     assert auto.choose("a", trial, torch.device("cpu")) == "vmap"
     assert calls == ["vmap", "vmap", "loop", "loop"] and auto.seconds["a"]["loop"] >= 0.02
-    assert auto.choose("a", trial, torch.device("cpu")) == "vmap" and len(calls) == 4  # measured once per key
+    assert (
+        auto.choose("a", trial, torch.device("cpu")) == "vmap" and len(calls) == 4
+    )  # measured once per key
 
     def vmap_out_of_memory(impl):
         if impl == "vmap":
@@ -186,4 +225,6 @@ def test_auto_parallel_run_tasks_equals_the_reference():
     assert len(auto.choices) == 1 and set(auto.choices.values()) <= {"vmap", "loop"}
     assert all(torch.allclose(g, r, rtol=1e-10, atol=1e-12) for g, r in zip(grads, ref))
     assert torch.allclose(logits, ref_logits, rtol=0, atol=1e-12)
-    assert not any(p.grad is not None for p in params.values())  # the trials left no gradients behind
+    assert not any(
+        p.grad is not None for p in params.values()
+    )  # the trials left no gradients behind

@@ -5,12 +5,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fixtures.tasks import meta_gradient, random_episode
 from metalab.algorithms.optimization.maml import MAML
 from metalab.config import parse_config
-from metalab.tasks.episodes import Episode
 from metalab.errors import ConfigError
 from metalab.registry import ALGORITHMS
-from fixtures.tasks import meta_gradient, random_episode
+from metalab.tasks.episodes import Episode
 
 VARIANTS = ["maml", "fomaml", "metasgd", "anil"]
 B, N, K, Q, H = 3, 2, 1, 2, 16  # 3 tasks, 2-way 1-shot 2-query, 16×16 images (Conv-4: 16 → 1)
@@ -24,8 +24,6 @@ def learner(name: str, **options) -> MAML:
     cls = ALGORITHMS.get(name)
     torch.manual_seed(0)
     return cls(cls.Config(hidden=8, inner_lr=0.1, **options), (1, H, H), N).double()
-
-
 
 
 @pytest.mark.parametrize("steps", [1, 5])
@@ -46,18 +44,27 @@ def test_second_order_differs_from_first_order():
 
 
 def test_first_order_meta_gradient_is_the_query_gradient_at_the_adapted_weights():
-    """First-order MAML (Finn et al. 2017, §5.2) by its definition, written out by hand with plain autograd:
-    θ'_i = θ − α ∇L_support_i(θ), then the meta-gradient is the mean over tasks of ∇_θ' L_query_i(θ'_i)."""
+    """First-order MAML (Finn et al. 2017, §5.2) by its definition, written out by hand with plain
+    autograd:
+    θ'_i = θ − α ∇L_support_i(θ), then the meta-gradient is the mean over tasks of ∇_θ'
+    L_query_i(θ'_i)."""
     model, ep = learner("fomaml"), episode()
     _, got = meta_gradient(model, "vmap", ep)
     net, alpha, expected = model.net, model.options.inner_lr, []
     theta = dict(net.named_parameters())
-    loss = lambda params, x, y: F.cross_entropy(torch.func.functional_call(net, params, (x,)), y)  # noqa: E731
+    # noqa: E731
+    loss = lambda params, x, y: F.cross_entropy(torch.func.functional_call(net, params, (x,)), y)
     for i in range(B):
-        grads = torch.autograd.grad(loss(theta, ep.support_x[i], ep.support_y[i]), list(theta.values()))
-        fast = {k: (p - alpha * g).detach().requires_grad_() for (k, p), g in zip(theta.items(), grads)}
+        grads = torch.autograd.grad(
+            loss(theta, ep.support_x[i], ep.support_y[i]), list(theta.values())
+        )
+        fast = {
+            k: (p - alpha * g).detach().requires_grad_() for (k, p), g in zip(theta.items(), grads)
+        }
         query = loss(fast, ep.query_x[i], ep.query_y[i])
-        expected.append(torch.cat([g.flatten() for g in torch.autograd.grad(query, list(fast.values()))]))
+        expected.append(
+            torch.cat([g.flatten() for g in torch.autograd.grad(query, list(fast.values()))])
+        )
     expected = torch.stack(expected).mean(0)
     assert float((got - expected).norm() / expected.norm()) < 1e-10
 
@@ -78,6 +85,7 @@ def test_anil_adapts_only_the_head():
         def recording_grad(loss, p, first_order):
             seen.update(p)
             return grad_fn(loss, p, first_order)
+
         return task(recording_grad, params, *t, steps=steps)
 
     model.task = spy
@@ -93,7 +101,9 @@ def test_predict_adapts_under_no_grad_and_nil_scores_by_similarity():
         assert logits.shape == (B, N * Q, N)
     with torch.no_grad():
         nil = learner("anil", nil=True).predict(ep)
-    assert nil.shape == (B, N * Q, N) and torch.allclose(nil.exp().sum(-1), torch.ones(B, N * Q, dtype=nil.dtype))
+    assert nil.shape == (B, N * Q, N) and torch.allclose(
+        nil.exp().sum(-1), torch.ones(B, N * Q, dtype=nil.dtype)
+    )
 
 
 def test_vmap_and_loop_predict_agree():

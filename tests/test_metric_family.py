@@ -1,4 +1,5 @@
-"""Matching, Relation and Siamese networks and pair sampling: scores checked by hand on known embeddings."""
+"""Matching, Relation and Siamese networks and pair sampling: scores checked by hand on known
+embeddings."""
 
 import math
 from pathlib import Path
@@ -13,37 +14,53 @@ from metalab.algorithms.metric.relation import RelationNet, relation_pairs
 from metalab.algorithms.metric.siamese import SiameseNet, koch_distortion, weighted_l1
 from metalab.config import Config, load_config
 from metalab.data.base import ClassIndexedDataset
-from metalab.tasks.episodes import Episode, EpisodeSampler
 from metalab.errors import ConfigError, DataError
+from metalab.tasks.episodes import Episode, EpisodeSampler
 from metalab.tasks.pairs import PairBatch, PairSampler
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "omniglot"
 
 
-def episode_of(support: list[list[float]], support_y: list[int], query: list[list[float]], query_y: list[int],
-               ways: int) -> Episode:
-    """One task whose images are 1×1×D 'pixels': with a Flatten encoder the embeddings are these rows."""
+def episode_of(
+    support: list[list[float]],
+    support_y: list[int],
+    query: list[list[float]],
+    query_y: list[int],
+    ways: int,
+) -> Episode:
+    """One task whose images are 1×1×D 'pixels': with a Flatten encoder the embeddings are these
+    rows."""
     sx = torch.tensor(support)[None, :, None, None, :]  # (1, S, 1, 1, D)
     qx = torch.tensor(query)[None, :, None, None, :]
     return Episode(sx, torch.tensor([support_y]), qx, torch.tensor([query_y]), ways)
 
 
-def tiny_dataset(counts=(2, 3, 4, 2, 3, 5), groups=("a", "a", "b", "b", "b", "c")) -> ClassIndexedDataset:
+def tiny_dataset(
+    counts=(2, 3, 4, 2, 3, 5), groups=("a", "a", "b", "b", "b", "c")
+) -> ClassIndexedDataset:
     """Image j of class c has pixels (c, j, 0, 0): every drawn image names its class and index."""
-    per_class = [torch.tensor([[c, j, 0, 0] for j in range(n)], dtype=torch.uint8).view(n, 1, 2, 2)
-                 for c, n in enumerate(counts)]
-    return ClassIndexedDataset.from_class_tensors("tiny", per_class, [f"c{c}" for c in range(len(counts))],
-                                                  list(groups))
+    per_class = [
+        torch.tensor([[c, j, 0, 0] for j in range(n)], dtype=torch.uint8).view(n, 1, 2, 2)
+        for c, n in enumerate(counts)
+    ]
+    return ClassIndexedDataset.from_class_tensors(
+        "tiny", per_class, [f"c{c}" for c in range(len(counts))], list(groups)
+    )
 
 
 def tiny_28(classes: int = 6, per_class: int = 5) -> ClassIndexedDataset:
     g = torch.Generator().manual_seed(1)
-    images = [torch.randint(0, 256, (per_class, 1, 28, 28), dtype=torch.uint8, generator=g) for _ in range(classes)]
-    return ClassIndexedDataset.from_class_tensors("tiny28", images, [str(c) for c in range(classes)],
-                                                  ["a", "b"] * (classes // 2))
+    images = [
+        torch.randint(0, 256, (per_class, 1, 28, 28), dtype=torch.uint8, generator=g)
+        for _ in range(classes)
+    ]
+    return ClassIndexedDataset.from_class_tensors(
+        "tiny28", images, [str(c) for c in range(classes)], ["a", "b"] * (classes // 2)
+    )
 
 
 # Shared parts ------------------------------------------------------------------------------------
+
 
 def test_class_sums_and_per_class_reductions():
     support = torch.tensor([[[1.0, 0.0], [2.0, 1.0], [0.0, 5.0]]])  # class 1 twice, class 0 once
@@ -56,6 +73,7 @@ def test_class_sums_and_per_class_reductions():
 
 
 # Matching Networks --------------------------------------------------------------------------------
+
 
 def test_matching_attention_is_softmax_of_cosines_and_sums_per_class():
     learner = MatchingNet(MatchingNet.Config(), (1, 1, 2))
@@ -96,15 +114,20 @@ def test_fce_shapes_and_the_query_embedding_depends_on_the_support_set():
         assert learner.context.query(f, g_ctx).shape == (2, 6, 8)
         other = g.clone()
         other[:, -1] += 1.0  # change one support embedding
-        assert not torch.allclose(learner.context.support(other)[:, 0], g_ctx[:, 0])  # g(x_0, S) sees x_5
-        assert not torch.allclose(learner.context.query(f, learner.context.support(other)),
-                                  learner.context.query(f, g_ctx))
+        assert not torch.allclose(
+            learner.context.support(other)[:, 0], g_ctx[:, 0]
+        )  # g(x_0, S) sees x_5
+        assert not torch.allclose(
+            learner.context.query(f, learner.context.support(other)),
+            learner.context.query(f, g_ctx),
+        )
     learner.train()
     learner.meta_loss(ep).loss.backward()
     assert all(p.grad is not None for p in learner.context.parameters())
 
 
 # Relation Networks --------------------------------------------------------------------------------
+
 
 def test_relation_pairs_put_the_class_first_then_the_query():
     classes = torch.tensor([10.0, 20.0]).view(1, 2, 1, 1, 1)  # (B, N, C, h, w)
@@ -117,7 +140,8 @@ def test_relation_pairs_put_the_class_first_then_the_query():
 
 
 class Recorder(nn.Module):
-    """Stands in for the relation module: keeps its input, scores a pair by class · query channel."""
+    """Stands in for the relation module: keeps its input, scores a pair by class · query
+    channel."""
 
     def forward(self, pairs):
         self.pairs = pairs
@@ -129,8 +153,13 @@ def test_relation_sums_each_class_support_then_scores_with_mse():
     learner.encoder = nn.Identity()  # feature maps = the images: (1, 1, D) per example
     learner.relation = Recorder()
     # 2-way 2-shot, class-major: class 0 = 1 and 2, class 1 = 0.5 and −1.5; queries 1 and −1.
-    ep = Episode(torch.tensor([1.0, 2.0, 0.5, -1.5]).view(1, 4, 1, 1, 1), torch.tensor([[0, 0, 1, 1]]),
-                 torch.tensor([1.0, -1.0]).view(1, 2, 1, 1, 1), torch.tensor([[0, 1]]), ways=2)
+    ep = Episode(
+        torch.tensor([1.0, 2.0, 0.5, -1.5]).view(1, 4, 1, 1, 1),
+        torch.tensor([[0, 0, 1, 1]]),
+        torch.tensor([1.0, -1.0]).view(1, 2, 1, 1, 1),
+        torch.tensor([[0, 1]]),
+        ways=2,
+    )
     logits = learner.predict(ep)
     pairs = learner.relation.pairs.view(1, 2, 2, 2)  # (B, M, N, [class, query])
     assert pairs[0, :, :, 0].tolist() == [[3.0, -1.0], [3.0, -1.0]]  # K-shot sum per class
@@ -142,6 +171,7 @@ def test_relation_sums_each_class_support_then_scores_with_mse():
 
 
 # Siamese networks ---------------------------------------------------------------------------------
+
 
 def siamese_with_known_embeddings(**options) -> SiameseNet:
     """Twin = identity; p = σ(−Σ|h1 − h2|): α_j = −1, no bias."""
@@ -158,10 +188,15 @@ def test_siamese_two_way_one_shot_labels_by_the_most_similar_support_image():
     learner = siamese_with_known_embeddings()
     ep = episode_of([[0.0, 0.0], [1.0, 1.0]], [0, 1], [[0.2, 0.1], [0.9, 1.0]], [0, 1], ways=2)
     logits = learner.predict(ep)
-    assert torch.allclose(logits, torch.tensor([[[-0.3, -1.7], [-1.9, -0.1]]]), atol=1e-6)  # −L1 = logit p
+    assert torch.allclose(
+        logits, torch.tensor([[[-0.3, -1.7], [-1.9, -0.1]]]), atol=1e-6
+    )  # −L1 = logit p
     assert logits.argmax(-1).tolist() == [[0, 1]]
-    pairs = PairBatch(torch.tensor([[0.2, 0.1], [0.2, 0.1]]), torch.tensor([[0.0, 0.0], [1.0, 1.0]]),
-                      torch.tensor([1.0, 0.0]))
+    pairs = PairBatch(
+        torch.tensor([[0.2, 0.1], [0.2, 0.1]]),
+        torch.tensor([[0.0, 0.0], [1.0, 1.0]]),
+        torch.tensor([1.0, 0.0]),
+    )
     out = learner.meta_loss(pairs)
     p = torch.sigmoid(torch.tensor([-0.3, -1.7]))
     assert torch.allclose(out.loss, -(torch.log(p[0]) + torch.log(1 - p[1])) / 2, atol=1e-6)
@@ -169,20 +204,31 @@ def test_siamese_two_way_one_shot_labels_by_the_most_similar_support_image():
 
 
 def test_siamese_k_shot_mean_and_max_of_similarity_per_class():
-    # Query 0; class 0 at L1 0.5 and 3.0, class 1 at 1.0 and 1.2: max picks class 0, mean picks class 1.
-    ep = episode_of([[0.5, 0.0], [3.0, 0.0], [1.0, 0.0], [0.0, 1.2]], [0, 0, 1, 1], [[0.0, 0.0]], [1], ways=2)
+    # Query 0; class 0 at L1 0.5 and 3.0, class 1 at 1.0 and 1.2: max picks class 0, mean picks
+    # class 1.
+    ep = episode_of(
+        [[0.5, 0.0], [3.0, 0.0], [1.0, 0.0], [0.0, 1.2]], [0, 0, 1, 1], [[0.0, 0.0]], [1], ways=2
+    )
     by_max = siamese_with_known_embeddings(shot_reduce="max").predict(ep)
     assert torch.allclose(by_max, torch.tensor([[[-0.5, -1.0]]]))
     by_mean = siamese_with_known_embeddings(shot_reduce="mean").predict(ep)
-    mean_p = torch.tensor([(torch.sigmoid(torch.tensor(-0.5)) + torch.sigmoid(torch.tensor(-3.0))) / 2,
-                           (torch.sigmoid(torch.tensor(-1.0)) + torch.sigmoid(torch.tensor(-1.2))) / 2])
+    mean_p = torch.tensor(
+        [
+            (torch.sigmoid(torch.tensor(-0.5)) + torch.sigmoid(torch.tensor(-3.0))) / 2,
+            (torch.sigmoid(torch.tensor(-1.0)) + torch.sigmoid(torch.tensor(-1.2))) / 2,
+        ]
+    )
     assert torch.allclose(by_mean, torch.logit(mean_p).view(1, 1, 2), atol=1e-5)
     assert int(by_max.argmax()) == 0 and int(by_mean.argmax()) == 1
 
 
 def test_weighted_l1_matches_the_explicit_sum_for_weights_of_both_signs():
     g = torch.Generator().manual_seed(0)
-    q, s, w = torch.randn(2, 3, 5, generator=g), torch.randn(2, 4, 5, generator=g), torch.randn(5, generator=g)
+    q, s, w = (
+        torch.randn(2, 3, 5, generator=g),
+        torch.randn(2, 4, 5, generator=g),
+        torch.randn(5, generator=g),
+    )
     explicit = ((q[:, :, None] - s[:, None]).abs() * w).sum(-1)
     assert torch.allclose(weighted_l1(q, s, w), explicit, atol=1e-5)
 
@@ -206,6 +252,7 @@ def test_koch_architecture_for_105_pixel_images():
 
 
 # Pair sampling ------------------------------------------------------------------------------------
+
 
 def decode(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(class, image-within-class) of each gathered image of tiny_dataset."""
@@ -246,13 +293,17 @@ def test_pair_sampler_errors_name_the_problem():
     with pytest.raises(DataError, match="even"):
         PairSampler(tiny_dataset(), batch_size=7)
     with pytest.raises(DataError, match="c0"):
-        PairSampler(tiny_dataset(counts=(1, 3), groups=("a", "a")), batch_size=4)  # class c0 has a single image
+        PairSampler(
+            tiny_dataset(counts=(1, 3), groups=("a", "a")), batch_size=4
+        )  # class c0 has a single image
     with pytest.raises(DataError, match="within_group"):
         PairSampler(tiny_dataset(counts=(2, 2), groups=("a", "b")), batch_size=4, within_group=True)
 
 
 def test_siamese_trains_on_pairs_and_distorts_with_the_sampler_generator():
-    learner = SiameseNet(SiameseNet.Config(hidden=8, features=16, batch_size=8, distort=True), (1, 28, 28))
+    learner = SiameseNet(
+        SiameseNet.Config(hidden=8, features=16, batch_size=8, distort=True), (1, 28, 28)
+    )
     cfg = Config(algorithm={"name": "siamese"})
     sampler = learner.train_sampler(tiny_28(), cfg)
     assert isinstance(sampler, PairSampler) and sampler.transform is koch_distortion
@@ -264,8 +315,15 @@ def test_siamese_trains_on_pairs_and_distorts_with_the_sampler_generator():
 
 # Presets ------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("path", sorted(p.name for p in CONFIGS.glob("*.yaml")
-                                        if p.name.split("-")[0] in ("matching", "relation", "siamese")))
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(
+        p.name
+        for p in CONFIGS.glob("*.yaml")
+        if p.name.split("-")[0] in ("matching", "relation", "siamese")
+    ),
+)
 def test_presets_parse(path):
     cfg = load_config(CONFIGS / path)
     assert cfg.algorithm_name == path.split("-")[0]

@@ -1,4 +1,5 @@
-"""Reptile: the surrogate's gradient is mean(θ − φ̃), so an SGD step of rate ε is Reptile's outer update;
+"""Reptile: the surrogate's gradient is mean(θ − φ̃), so an SGD step of rate ε is Reptile's outer
+update;
 vmap and the loop adapt identically; non-transductive scores do not mix query examples."""
 
 import pytest
@@ -14,13 +15,20 @@ B, N, K, Q, H = 3, 2, 2, 2, 16
 def episode() -> Episode:
     g = torch.Generator().manual_seed(0)
     y = lambda per: torch.arange(N).repeat_interleave(per).expand(B, -1)  # noqa: E731
-    return Episode(torch.randn(B, N * K, 1, H, H, generator=g, dtype=torch.float64), y(K),
-                   torch.randn(B, N * Q, 1, H, H, generator=g, dtype=torch.float64), y(Q), N)
+    return Episode(
+        torch.randn(B, N * K, 1, H, H, generator=g, dtype=torch.float64),
+        y(K),
+        torch.randn(B, N * Q, 1, H, H, generator=g, dtype=torch.float64),
+        y(Q),
+        N,
+    )
 
 
 def learner(**options) -> Reptile:
     torch.manual_seed(0)
-    return Reptile(Reptile.Config(hidden=8, inner_steps=3, inner_batch=2, **options), (1, H, H), N).double()
+    return Reptile(
+        Reptile.Config(hidden=8, inner_steps=3, inner_batch=2, **options), (1, H, H), N
+    ).double()
 
 
 def test_interleave_puts_every_class_in_each_slice():
@@ -48,9 +56,12 @@ def test_vmap_and_loop_adapt_identically():
     fv, lv = model.run(ep, 3, 2)
     model.options.parallel = "loop"
     fl, ll = model.run(ep, 3, 2)
-    # Conv biases feed BatchNorm, which cancels them: their gradient is round-off, which Adam normalises
+    # Conv biases feed BatchNorm, which cancels them: their gradient is round-off, which Adam
+    # normalises
     # to ±lr, so they are left out of the comparison.
-    assert all(torch.allclose(fv[k], fl[k], rtol=0, atol=1e-12) for k in fv if not k.endswith(".0.bias"))
+    assert all(
+        torch.allclose(fv[k], fl[k], rtol=0, atol=1e-12) for k in fv if not k.endswith(".0.bias")
+    )
     assert torch.allclose(lv, ll, rtol=0, atol=1e-10)
 
 

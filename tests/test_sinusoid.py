@@ -1,6 +1,8 @@
 """Sinusoid regression (Finn et al. 2017, §5.1) end to end: the task distribution, MAML's regression
-meta-gradients (vmap = the per-task loop in float64), the pre-trained baseline, the engine (validation by
-lowest MSE, resume) and `metalab eval --json` with the curve and the PNG. No dataset files needed."""
+meta-gradients (vmap = the per-task loop in float64), the pre-trained baseline, the engine
+(validation by
+lowest MSE, resume) and `metalab eval --json` with the curve and the PNG. No dataset files
+needed."""
 
 import json
 import math
@@ -11,23 +13,39 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from fixtures.tasks import meta_gradient
 from metalab.cli import main
 from metalab.config import parse_config
-from metalab.tasks.sinusoid import SinusoidTasks, sinusoid
-from metalab.tasks.sources import load_split, split_names
 from metalab.engine.checkpoint import load_checkpoint
 from metalab.engine.trainer import Trainer, train
-from metalab.tasks.episodes import episode_sampler, fixed_episodes, input_shape, is_regression
 from metalab.errors import ConfigError, DataError
 from metalab.registry import ALGORITHMS
-from fixtures.tasks import meta_gradient
+from metalab.tasks.episodes import episode_sampler, fixed_episodes, input_shape, is_regression
+from metalab.tasks.sinusoid import SinusoidTasks, sinusoid
+from metalab.tasks.sources import load_split, split_names
 
 SMALL = {
-    "algorithm": {"name": "maml", "backbone": "mlp", "hidden": 8, "inner_lr": 0.01, "eval_inner_steps": 10,
-                  "parallel": "vmap"},
+    "algorithm": {
+        "name": "maml",
+        "backbone": "mlp",
+        "hidden": 8,
+        "inner_lr": 0.01,
+        "eval_inner_steps": 10,
+        "parallel": "vmap",
+    },
     "data": {"dataset": "sinusoid"},
-    "train": {"steps": 2, "ways": 0, "shots": 5, "queries": 5, "meta_batch": 4, "val_every": 1, "val_episodes": 6,
-              "checkpoint_every": 1, "log_every": 1, "tensorboard": False},
+    "train": {
+        "steps": 2,
+        "ways": 0,
+        "shots": 5,
+        "queries": 5,
+        "meta_batch": 4,
+        "val_every": 1,
+        "val_episodes": 6,
+        "checkpoint_every": 1,
+        "log_every": 1,
+        "tensorboard": False,
+    },
     "eval": {"ways": 0, "shots": 5, "queries": 10, "episodes": 12, "batch": 12},
 }
 
@@ -39,7 +57,9 @@ def small(**sections):
     return values
 
 
-# --- the task distribution ------------------------------------------------------------------------------
+# --- the task distribution
+# ------------------------------------------------------------------------------
+
 
 def test_tasks_are_sinusoids_in_the_paper_ranges():
     source = SinusoidTasks("train")
@@ -52,7 +72,9 @@ def test_tasks_are_sinusoids_in_the_paper_ranges():
     x = torch.cat([ep.support_x, ep.query_x], 1)
     assert x.min() >= -5 and x.max() <= 5 and x.min() < -4.9 and x.max() > 4.9
     fixed = fixed_episodes(source, 0, 5, 7, count=2000, seed=0)
-    assert 0.1 <= fixed.amplitude.min() and fixed.amplitude.max() <= 5 and fixed.amplitude.max() > 4.9
+    assert (
+        0.1 <= fixed.amplitude.min() and fixed.amplitude.max() <= 5 and fixed.amplitude.max() > 4.9
+    )
     assert 0 <= fixed.phase.min() and fixed.phase.max() <= math.pi and fixed.phase.max() > 3.1
     # y = A sin(x − φ), the sign convention of the authors' code (amplitude * np.sin(x - phase))
     ep = next(fixed.batches(3))
@@ -63,13 +85,18 @@ def test_tasks_are_sinusoids_in_the_paper_ranges():
 
 def test_fixed_tasks_are_a_function_of_split_shots_queries_count_seed():
     val, test = SinusoidTasks("val"), SinusoidTasks("test")
-    cat = lambda f, b: torch.cat([torch.cat([e.support_x, e.query_y], 1) for e in f.batches(b)])  # noqa: E731
+    # noqa: E731
+    cat = lambda f, b: torch.cat([torch.cat([e.support_x, e.query_y], 1) for e in f.batches(b)])
     a, b = fixed_episodes(test, 0, 5, 10, 30, seed=1), fixed_episodes(test, 0, 5, 10, 30, seed=1)
     assert torch.equal(cat(a, 7), cat(b, 30)) and len(a) == 30  # not the batch size either
     assert not torch.equal(cat(a, 30), cat(fixed_episodes(test, 0, 5, 10, 30, seed=2), 30))
-    assert not torch.equal(cat(a, 30), cat(fixed_episodes(val, 0, 5, 10, 30, seed=1), 30))  # val ≠ test
+    assert not torch.equal(
+        cat(a, 30), cat(fixed_episodes(val, 0, 5, 10, 30, seed=1), 30)
+    )  # val ≠ test
     k20 = fixed_episodes(test, 0, 20, 10, 30, seed=1)
-    assert torch.equal(a.amplitude, k20.amplitude) and torch.equal(a.phase, k20.phase)  # same sinusoids for every K
+    assert torch.equal(a.amplitude, k20.amplitude) and torch.equal(
+        a.phase, k20.phase
+    )  # same sinusoids for every K
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     s = episode_sampler(SinusoidTasks(), 0, 5, 5, 3)
     assert torch.equal(s.sample(g1).query_y, s.sample(g2).query_y)
@@ -91,20 +118,22 @@ def test_bad_task_arguments_are_rejected_clearly():
         load_split(data, "dev")
 
 
-# --- MAML regression: meta-gradients, predict, the baseline ------------------------------------------------
+# --- MAML regression: meta-gradients, predict, the baseline
+# ------------------------------------------------
+
 
 def regression_episode():
     """3 tasks, 5 support and 6 query points each, in float64."""
     ep = episode_sampler(SinusoidTasks(), 0, 5, 6, 3).sample(torch.Generator().manual_seed(0))
-    return replace(ep, **{k: getattr(ep, k).double() for k in ("support_x", "support_y", "query_x", "query_y")})
+    return replace(
+        ep, **{k: getattr(ep, k).double() for k in ("support_x", "support_y", "query_x", "query_y")}
+    )
 
 
 def learner(name, **options):
     cls = ALGORITHMS.get(name)
     torch.manual_seed(0)
     return cls(cls.Config(backbone="mlp", hidden=16, inner_lr=0.01, **options), (1,), 0).double()
-
-
 
 
 @pytest.mark.parametrize("steps", [1, 5])
@@ -131,7 +160,9 @@ def test_predict_after_k_steps():
     assert torch.allclose(a, b, rtol=0, atol=1e-12)
     on_support = replace(ep, query_x=ep.support_x, query_y=ep.support_y)
     with torch.no_grad():
-        before, after = (F.mse_loss(model.predict(on_support, steps=s), ep.support_y) for s in (0, 3))
+        before, after = (
+            F.mse_loss(model.predict(on_support, steps=s), ep.support_y) for s in (0, 3)
+        )
     assert float(after) < float(before)  # the inner steps fit the support set
 
 
@@ -147,16 +178,24 @@ def test_classification_only_settings_and_methods_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="nil .*regression"):
         learner("anil", nil=True)
     with pytest.raises(ConfigError, match="'protonet' does not do regression.*choices: .*maml"):
-        train(parse_config(small() | {"algorithm": {"name": "protonet"}}), tmp_path / "p", progress=False)
+        train(
+            parse_config(small() | {"algorithm": {"name": "protonet"}}),
+            tmp_path / "p",
+            progress=False,
+        )
 
 
-# --- the engine and the CLI --------------------------------------------------------------------------------
+# --- the engine and the CLI
+# --------------------------------------------------------------------------------
+
 
 def test_validation_keeps_the_lowest_mse_and_resume_is_exact(tmp_path):
     cfg = parse_config(small(train={"steps": 4, "lr": 0.05, "checkpoint_every": 2}))
     result = train(cfg, tmp_path / "straight", progress=False)
     assert result.metric == "mse" and result.step == 4
-    logged = [json.loads(x) for x in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    logged = [
+        json.loads(x) for x in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()
+    ]
     vals = [r["val_mse"] for r in logged if "val_mse" in r]
     assert len(vals) == 4 and result.best_val == min(vals)
     best = load_checkpoint(tmp_path / "straight" / "best.pt")
@@ -182,19 +221,55 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("sinusoid")
     for name, algorithm in (("maml", "maml"), ("pre", "pretrain")):
         (root / f"{name}.yaml").write_text(yaml.safe_dump(small(algorithm={"name": algorithm})))
-        assert main(["train", str(root / f"{name}.yaml"), "--out", str(root / name), "--quiet", "--device", "cpu"]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    str(root / f"{name}.yaml"),
+                    "--out",
+                    str(root / name),
+                    "--quiet",
+                    "--device",
+                    "cpu",
+                ]
+            )
+            == 0
+        )
     return root
 
 
 def test_eval_json_reports_the_curve_the_baseline_and_a_plot(runs, capsys):
     capsys.readouterr()
-    argv = ["eval", str(runs / "maml"), "--json", "--device", "cpu", "--baseline", str(runs / "pre")]
+    argv = [
+        "eval",
+        str(runs / "maml"),
+        "--json",
+        "--device",
+        "cpu",
+        "--baseline",
+        str(runs / "pre"),
+    ]
     assert main(argv) == 0
     report = json.loads(capsys.readouterr().out)
-    for key in ("mse", "ci95", "curve", "baseline_curve", "plot", "episodes", "shots", "queries", "split",
-                "algorithm", "dataset"):
+    for key in (
+        "mse",
+        "ci95",
+        "curve",
+        "baseline_curve",
+        "plot",
+        "episodes",
+        "shots",
+        "queries",
+        "split",
+        "algorithm",
+        "dataset",
+    ):
         assert key in report, key
-    assert "accuracy" not in report and report["algorithm"] == "maml" and report["dataset"] == "sinusoid-test"
+    assert (
+        "accuracy" not in report
+        and report["algorithm"] == "maml"
+        and report["dataset"] == "sinusoid-test"
+    )
     for curve in (report["curve"], report["baseline_curve"]):
         assert set(curve) == {"5", "10", "20"}
         assert all(len(row["mse"]) == len(row["ci95"]) == 11 for row in curve.values())
@@ -211,9 +286,18 @@ def test_eval_json_reports_the_curve_the_baseline_and_a_plot(runs, capsys):
 def test_eval_text_one_k_and_plot_path(runs, tmp_path, capsys):
     capsys.readouterr()
     plot = tmp_path / "plots" / "fit.png"
-    assert main(["eval", str(runs / "maml"), "--device", "cpu", "--shots", "10", "--plot", str(plot)]) == 0
+    assert (
+        main(["eval", str(runs / "maml"), "--device", "cpu", "--shots", "10", "--plot", str(plot)])
+        == 0
+    )
     out = capsys.readouterr().out
-    assert "10-shot" in out and "K=10" in out and "K=5 " not in out and "no baseline" in out and plot.is_file()
+    assert (
+        "10-shot" in out
+        and "K=10" in out
+        and "K=5 " not in out
+        and "no baseline" in out
+        and plot.is_file()
+    )
 
 
 def one_error_line(capsys, argv):
@@ -226,8 +310,16 @@ def one_error_line(capsys, argv):
 
 def test_bad_input_gives_one_line(runs, tmp_path, capsys):
     cfg = runs / "maml.yaml"
-    assert "--ways 5" in one_error_line(capsys, ["eval", str(runs / "maml"), "--device", "cpu", "--ways", "5"])
-    assert "--ways 5" in one_error_line(capsys, ["train", str(cfg), "--out", str(tmp_path / "x"), "--ways", "5"])
-    assert "split 'dev'" in one_error_line(capsys, ["eval", str(runs / "maml"), "--device", "cpu", "--split", "dev"])
-    assert "nothing" in one_error_line(capsys, ["eval", str(runs / "maml"), "--device", "cpu", "--baseline",
-                                                str(tmp_path / "nothing")])
+    assert "--ways 5" in one_error_line(
+        capsys, ["eval", str(runs / "maml"), "--device", "cpu", "--ways", "5"]
+    )
+    assert "--ways 5" in one_error_line(
+        capsys, ["train", str(cfg), "--out", str(tmp_path / "x"), "--ways", "5"]
+    )
+    assert "split 'dev'" in one_error_line(
+        capsys, ["eval", str(runs / "maml"), "--device", "cpu", "--split", "dev"]
+    )
+    assert "nothing" in one_error_line(
+        capsys,
+        ["eval", str(runs / "maml"), "--device", "cpu", "--baseline", str(tmp_path / "nothing")],
+    )

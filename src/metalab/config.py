@@ -1,8 +1,11 @@
 """Run configuration: YAML files checked against typed dataclasses.
 
-An unknown key is rejected with a message naming it (and the nearest valid key); a value of the wrong
-type names the key and the expected type. The algorithm's own options are the ``Config`` dataclass of
-the registered algorithm, so every key of a preset is checked, none is read by ``getattr`` on a string.
+An unknown key is rejected with a message naming it (and the nearest valid key); a value of the
+wrong
+type names the key and the expected type. The algorithm's own options are the ``Config`` dataclass
+of
+the registered algorithm, so every key of a preset is checked, none is read by ``getattr`` on a
+string.
 
     algorithm: {name: protonet, distance: euclidean}
     data:      {dataset: omniglot, scheme: vinyals}
@@ -28,14 +31,22 @@ from metalab.errors import ConfigError
 @dataclass
 class DataConfig:
     dataset: str = "omniglot"  # a registered dataset: omniglot | folder
-    data_dir: str | None = None  # where the data lives (--data-dir); for `folder`, holds train/ val/ test/
+    data_dir: str | None = (
+        None  # where the data lives (--data-dir); for `folder`, holds train/ val/ test/
+    )
     scheme: str = "vinyals"  # omniglot split: vinyals | lake | lake-small1 | lake-small2
     train_split: str = "train"  # the split meta-training draws from (vinyals: train or trainval)
-    val_split: str | None = "val"  # the split of the fixed validation set (None, or absent: no validation)
+    val_split: str | None = (
+        "val"  # the split of the fixed validation set (None, or absent: no validation)
+    )
     image_size: int = 28  # images are resized to image_size × image_size
     channels: int = 1  # folder datasets: 1 (grayscale) or 3 (RGB)
-    invert: bool = False  # folder datasets: dark strokes on light paper → bright on dark, like Omniglot
-    rotations: list[int] | None = None  # omniglot: rotations as new classes; None = the scheme's default
+    invert: bool = (
+        False  # folder datasets: dark strokes on light paper → bright on dark, like Omniglot
+    )
+    rotations: list[int] | None = (
+        None  # omniglot: rotations as new classes; None = the scheme's default
+    )
     within_group: bool = False  # all N classes of a task from one alphabet (Lake et al. 2015)
     download: bool = False  # omniglot: fetch missing official zips (sha256-checked) into data_dir
 
@@ -55,11 +66,15 @@ class TrainConfig:
     lr_step: int = 2000  # step schedule: multiply the rate by lr_gamma every lr_step steps
     lr_gamma: float = 0.5
     grad_clip: float | None = None  # clip the meta-gradient norm
-    val_every: int = 500  # validate on the fixed validation episodes every val_every steps (0: never)
+    val_every: int = (
+        500  # validate on the fixed validation episodes every val_every steps (0: never)
+    )
     val_episodes: int = 500  # size of the fixed validation set (eval ways/shots/queries, val split)
     checkpoint_every: int = 100  # write last.pt every checkpoint_every steps
     log_every: int = 10  # write a metrics line every log_every steps
-    max_minutes: float | None = None  # wall-clock budget: stop cleanly, with checkpoints, when spent
+    max_minutes: float | None = (
+        None  # wall-clock budget: stop cleanly, with checkpoints, when spent
+    )
     seed: int = 0  # seeds the model's initial weights and the task sampler
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     tensorboard: bool = True  # write TensorBoard logs when tensorboard is installed
@@ -72,7 +87,9 @@ class EvalConfig:
     shots: int = 1
     queries: int = 15
     episodes: int = 1000  # the field's protocol: 1000 fixed test episodes
-    seed: int = 0  # the fixed episode set is a function of (split, ways, shots, queries, episodes, seed)
+    seed: int = (
+        0  # the fixed episode set is a function of (split, ways, shots, queries, episodes, seed)
+    )
     batch: int = 25  # episodes evaluated together (memory, not results)
 
 
@@ -96,7 +113,8 @@ def _type_name(tp: Any) -> str:
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check (and gently coerce: int → float, YAML strings like '1e-3' → float) a value against a type."""
+    """Check (and gently coerce: int → float, YAML strings like '1e-3' → float) a value against a
+    type."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
@@ -109,7 +127,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 return _coerce(value, arg, where)
             except ConfigError:
                 pass
-        raise ConfigError(f"{where}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
+        raise ConfigError(
+            f"{where}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r}"
+        )
     if origin is list:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
@@ -149,7 +169,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 
 
 def from_dict(cls: type, values: Any, where: str) -> Any:
-    """Build dataclass `cls` from a mapping, rejecting unknown keys with the nearest valid key named."""
+    """Build dataclass `cls` from a mapping, rejecting unknown keys with the nearest valid key
+    named."""
     if values is None:
         values = {}
     if not isinstance(values, dict):
@@ -160,7 +181,9 @@ def from_dict(cls: type, values: Any, where: str) -> Any:
         if key not in fields:
             close = difflib.get_close_matches(str(key), fields, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"unknown config key '{where}.{key}'{hint}; valid keys: {', '.join(fields)}")
+            raise ConfigError(
+                f"unknown config key '{where}.{key}'{hint}; valid keys: {', '.join(fields)}"
+            )
     return cls(**{k: _coerce(v, hints[k], f"{where}.{k}") for k, v in values.items()})
 
 
@@ -171,7 +194,8 @@ def algorithm_options(cfg: Config, options_cls: type, where: str = "algorithm") 
 
 
 def parse_config(values: dict[str, Any], source: str = "config") -> Config:
-    """Validate a nested mapping (from YAML plus overrides) into a Config, including algorithm options."""
+    """Validate a nested mapping (from YAML plus overrides) into a Config, including algorithm
+    options."""
     from metalab.registry import ALGORITHMS
 
     if not isinstance(values, dict):
@@ -181,7 +205,9 @@ def parse_config(values: dict[str, Any], source: str = "config") -> Config:
     if isinstance(algo, str):
         algo = {"name": algo}
     if not isinstance(algo, dict) or "name" not in algo:
-        raise ConfigError(f"{source}: 'algorithm' needs a 'name', one of: {', '.join(ALGORITHMS.names())}")
+        raise ConfigError(
+            f"{source}: 'algorithm' needs a 'name', one of: {', '.join(ALGORITHMS.names())}"
+        )
     values["algorithm"] = algo
     try:
         cfg = from_dict(Config, values, "config")
@@ -195,7 +221,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Read a YAML preset, apply ``key.sub=value`` overrides (values parsed as YAML), validate."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} not found; presets live in configs/ (see `metalab list`)")
+        raise ConfigError(
+            f"config file {path} not found; presets live in configs/ (see `metalab list`)"
+        )
     try:
         values = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
@@ -206,7 +234,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
 
 
 def apply_override(values: dict[str, Any], item: str) -> None:
-    """Set ``a.b.c=value`` in a nested mapping (the value is parsed as YAML: 3, 1e-3, true, [0, 90])."""
+    """Set ``a.b.c=value`` in a nested mapping (the value is parsed as YAML: 3, 1e-3, true, [0,
+    90])."""
     if "=" not in item:
         raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set train.lr=0.001")
     key, raw = item.split("=", 1)

@@ -1,6 +1,7 @@
 """The error hierarchy. Every message names the offending file, flag or value and says what to do.
 
-The CLI prints a ``MetalabError`` as one line on stderr and exits non-zero (traceback only with ``--debug``).
+The CLI prints a ``MetalabError`` as one line on stderr and exits non-zero (traceback only with
+``--debug``).
 """
 
 

@@ -1,15 +1,16 @@
 """Name → class registries, so configs and the CLI find algorithms, backbones and datasets by name.
 
-    @ALGORITHMS.register("protonet")
-    class ProtoNet(MetaLearner): ...
+@ALGORITHMS.register("protonet")
+class ProtoNet(MetaLearner): ...
 
-    ALGORITHMS.get("protonet")   # the class; an unknown name raises ConfigError listing the choices
+ALGORITHMS.get("protonet")   # the class; an unknown name raises ConfigError listing the choices
 """
 
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 from metalab.errors import ConfigError
 
@@ -36,7 +37,9 @@ class Registry(Generic[T]):
         if name not in self._entries:
             close = difflib.get_close_matches(name, self._entries, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"unknown {self.kind} '{name}'{hint}; choices: {', '.join(self.names())}")
+            raise ConfigError(
+                f"unknown {self.kind} '{name}'{hint}; choices: {', '.join(self.names())}"
+            )
         return self._entries[name]
 
     def names(self) -> list[str]:

@@ -3,7 +3,8 @@
     learner = ALGORITHMS.get("protonet").from_config(cfg, input_shape=(1, 28, 28))
     sampler = learner.train_sampler(train_split, cfg)   # what batches it trains on
     out = learner.meta_loss(sampler.sample(generator))  # StepOutput: differentiable loss + metrics
-    logits = learner.predict(episode)                   # adapt on the support set, score the query set
+    logits = learner.predict(episode)                   # adapt on the support set, score the query
+    set
 
 Each algorithm says which training batches it needs by returning a sampler (episodes for most; pairs
 for Siamese networks; label-delayed sequences for MANN and SNAIL; flat mini-batches for pre-training
@@ -14,7 +15,8 @@ baselines), so the engine serves every method without a special case. Evaluation
 enables them itself (``torch.func.grad`` ignores an outer ``no_grad``).
 
 Regression (sinusoid): episodes have ``ways = 0`` and float targets (B, K, 1); a method that handles
-them sets ``regression = True`` and its ``predict`` returns query values (B, Q, 1). The engine refuses
+them sets ``regression = True`` and its ``predict`` returns query values (B, Q, 1). The engine
+refuses
 to train a method without it on a regression source (:func:`check_source`).
 """
 
@@ -29,13 +31,14 @@ from torch import Tensor, nn
 
 from metalab.config import Config, algorithm_options
 from metalab.data.base import ClassIndexedDataset
-from metalab.tasks.episodes import Episode, episode_sampler, is_regression
 from metalab.errors import ConfigError
+from metalab.tasks.episodes import Episode, episode_sampler, is_regression
 
 
 @dataclass
 class StepOutput:
-    """A training step's differentiable loss and its detached metrics (e.g. ``{"accuracy": 0.93}``)."""
+    """A training step's differentiable loss and its detached metrics (e.g. ``{"accuracy":
+    0.93}``)."""
 
     loss: Tensor
     metrics: dict[str, Tensor] = field(default_factory=dict)
@@ -54,14 +57,17 @@ class MetaLearner(nn.Module):
     regression: ClassVar[bool] = False  # handles regression episodes (ways = 0, float targets)
 
     @classmethod
-    def from_config(cls, cfg: Config, input_shape: tuple[int, ...]) -> "MetaLearner":
+    def from_config(cls, cfg: Config, input_shape: tuple[int, ...]) -> MetaLearner:
         return cls(algorithm_options(cfg, cls.Config), input_shape)
 
     def train_sampler(self, split: ClassIndexedDataset, cfg: Config) -> Sampler:
-        """Training batches: by default episode batches of ``cfg.train``'s shape from any task source
+        """Training batches: by default episode batches of ``cfg.train``'s shape from any task
+        source
         (N-way K-shot for images; K support and Q query points for regression)."""
         t = cfg.train
-        return episode_sampler(split, t.ways, t.shots, t.queries, t.meta_batch, cfg.data.within_group)
+        return episode_sampler(
+            split, t.ways, t.shots, t.queries, t.meta_batch, cfg.data.within_group
+        )
 
     def meta_loss(self, batch: Any) -> StepOutput:
         raise NotImplementedError
@@ -71,13 +77,15 @@ class MetaLearner(nn.Module):
         raise NotImplementedError
 
     def protocol_report(self, split: Any, eval_cfg: Any) -> dict[str, Any]:
-        """Results of the method's own evaluation protocol, added to ``metalab eval``'s report beside the
+        """Results of the method's own evaluation protocol, added to ``metalab eval``'s report
+        beside the
         standard episodes (e.g. MANN's accuracy by instance number). Default: none."""
         return {}
 
 
 def check_source(cfg: Config, source: Any) -> None:
-    """Refuse, before anything is built, an algorithm or task shape the source's kind of task rules out:
+    """Refuse, before anything is built, an algorithm or task shape the source's kind of task rules
+    out:
     on a regression source, a method without ``regression = True`` or ways other than 0."""
     if not is_regression(source):
         return
@@ -85,12 +93,16 @@ def check_source(cfg: Config, source: Any) -> None:
 
     if not getattr(ALGORITHMS.get(cfg.algorithm_name), "regression", False):
         able = [n for n in ALGORITHMS.names() if getattr(ALGORITHMS.get(n), "regression", False)]
-        raise ConfigError(f"algorithm '{cfg.algorithm_name}' does not do regression, and dataset "
-                          f"'{cfg.data.dataset}' is a regression dataset; choices: {', '.join(able)}")
+        raise ConfigError(
+            f"algorithm '{cfg.algorithm_name}' does not do regression, and dataset "
+            f"'{cfg.data.dataset}' is a regression dataset; choices: {', '.join(able)}"
+        )
     for key, ways in (("train.ways", cfg.train.ways), ("eval.ways", cfg.eval.ways)):
         if ways != 0:
-            raise ConfigError(f"--ways {ways} ({key}) given for '{cfg.data.dataset}', a regression dataset: its "
-                              f"tasks have no classes; drop --ways (set train.ways and eval.ways to 0)")
+            raise ConfigError(
+                f"--ways {ways} ({key}) given for '{cfg.data.dataset}', a regression dataset: its "
+                f"tasks have no classes; drop --ways (set train.ways and eval.ways to 0)"
+            )
 
 
 def classification_step(logits: Tensor, labels: Tensor) -> StepOutput:
@@ -101,10 +113,13 @@ def classification_step(logits: Tensor, labels: Tensor) -> StepOutput:
 
 
 def require_equal_ways(cfg: Config, why: str) -> None:
-    """Methods with one output unit per way cannot be trained with N ways and tested with another N."""
+    """Methods with one output unit per way cannot be trained with N ways and tested with
+    another N."""
     if cfg.train.ways != cfg.eval.ways:
-        raise ConfigError(f"train.ways = {cfg.train.ways} but eval.ways = {cfg.eval.ways}: "
-                          f"{cfg.algorithm_name} {why}, so they must be equal")
+        raise ConfigError(
+            f"train.ways = {cfg.train.ways} but eval.ways = {cfg.eval.ways}: "
+            f"{cfg.algorithm_name} {why}, so they must be equal"
+        )
 
 
 def accuracy(logits: Tensor, labels: Tensor) -> Tensor:

@@ -1,4 +1,5 @@
-"""Datasets as class-indexed uint8 tensors, decoded once and cached (Omniglot, a user's image folders)."""
+"""Datasets as class-indexed uint8 tensors, decoded once and cached (Omniglot, a user's image
+folders)."""
 
 from metalab.data.base import ClassIndexedDataset, Preprocess
 from metalab.data.folder import load_image_folder

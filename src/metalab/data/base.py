@@ -1,7 +1,8 @@
 """A dataset for few-shot learning: images grouped by class, held as one uint8 tensor.
 
 Every image dataset (Omniglot, a user's class folders) becomes a :class:`ClassIndexedDataset`; the
-episode samplers gather from it with index arithmetic only, so no per-image Python work happens while
+episode samplers gather from it with index arithmetic only, so no per-image Python work happens
+while
 training. Regression tasks (sinusoid) and text have their own sources; this type is for images.
 """
 
@@ -17,7 +18,8 @@ from metalab.errors import DataError
 
 @dataclass(frozen=True)
 class Preprocess:
-    """How a source image becomes a tensor; stored with every run so `predict` decodes user images alike.
+    """How a source image becomes a tensor; stored with every run so `predict` decodes user images
+    alike.
 
     Attributes:
         image_size: side of the square output, resized with an antialiasing (Lanczos) filter.
@@ -32,12 +34,14 @@ class Preprocess:
 
 @dataclass
 class ClassIndexedDataset:
-    """Images of many classes in one tensor, class c occupying ``images[offsets[c] : offsets[c] + counts[c]]``.
+    """Images of many classes in one tensor, class c occupying ``images[offsets[c] : offsets[c] +
+    counts[c]]``.
 
     Shapes:
         images: (total, channels, H, W) uint8.
         offsets, counts: (classes,) int64.
-        groups: (classes,) int64 group id per class (Omniglot: the alphabet), for within-group episodes.
+        groups: (classes,) int64 group id per class (Omniglot: the alphabet), for within-group
+        episodes.
     """
 
     name: str
@@ -66,8 +70,9 @@ class ClassIndexedDataset:
     def device(self) -> torch.device:
         return self.images.device
 
-    def to(self, device: torch.device | str) -> "ClassIndexedDataset":
-        """The same dataset with its tensors on `device` (images are moved once, then gathered there)."""
+    def to(self, device: torch.device | str) -> ClassIndexedDataset:
+        """The same dataset with its tensors on `device` (images are moved once, then gathered
+        there)."""
         return ClassIndexedDataset(
             self.name,
             self.images.to(device),
@@ -85,8 +90,10 @@ class ClassIndexedDataset:
         if len(short):
             c = int(short[0])
             raise DataError(
-                f"class '{self.class_names[c]}' of {self.name} has {int(self.counts[c])} images but {what} "
-                f"needs {needed} per class ({len(short)} classes are short); lower --shots/--queries or add images"
+                f"class '{self.class_names[c]}' of {self.name} has {int(self.counts[c])} images "
+                f"but {what} "
+                f"needs {needed} per class ({len(short)} classes are short); lower "
+                "--shots/--queries or add images"
             )
 
     @staticmethod
@@ -96,8 +103,9 @@ class ClassIndexedDataset:
         class_names: list[str],
         group_of_class: list[str] | None = None,
         preprocess: Preprocess | None = None,
-    ) -> "ClassIndexedDataset":
-        """Build from one (count, C, H, W) uint8 tensor per class; `group_of_class` names each class's group."""
+    ) -> ClassIndexedDataset:
+        """Build from one (count, C, H, W) uint8 tensor per class; `group_of_class` names each
+        class's group."""
         if not per_class:
             raise DataError(f"{name}: no classes found")
         counts = torch.tensor([len(t) for t in per_class], dtype=torch.int64)
@@ -107,6 +115,12 @@ class ClassIndexedDataset:
         index = {g: i for i, g in enumerate(group_names)}
         groups = torch.tensor([index[g] for g in group_of_class], dtype=torch.int64)
         return ClassIndexedDataset(
-            name, torch.cat(per_class), offsets, counts, list(class_names), groups, group_names,
+            name,
+            torch.cat(per_class),
+            offsets,
+            counts,
+            list(class_names),
+            groups,
+            group_names,
             preprocess or Preprocess(),
         )

@@ -1,4 +1,5 @@
-"""A disk cache for decoded datasets: decode once, then load a tensor file in a fraction of a second.
+"""A disk cache for decoded datasets: decode once, then load a tensor file in a fraction of a
+second.
 
 A cache file is named by a fingerprint of the build parameters and of the source files (path, size,
 modification time), so a changed source or parameter builds a new file. Files are written atomically
@@ -36,7 +37,8 @@ def cache_root(cache_dir: Path | None = None) -> Path:
 
 
 def fingerprint(params: dict, sources: list[Path]) -> str:
-    """sha256 over the parameters, the format version and every source file's path, size and mtime."""
+    """sha256 over the parameters, the format version and every source file's path, size and
+    mtime."""
     digest = hashlib.sha256(json.dumps([FORMAT_VERSION, params], sort_keys=True).encode())
     for source in sources:
         source = Path(source).resolve()
@@ -57,7 +59,9 @@ def checksum(payload: Payload) -> str:
         digest.update(key.encode())
         if isinstance(value, Tensor):
             digest.update(f"{value.dtype}{tuple(value.shape)}".encode())
-            digest.update(value.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
+            digest.update(
+                value.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes()
+            )
         else:
             digest.update(json.dumps(value, sort_keys=True).encode())
     return digest.hexdigest()
@@ -80,7 +84,8 @@ def load_or_build(
         cache_dir: where cache files live (default $METALAB_CACHE or ~/.cache/metalab).
 
     Returns:
-        The payload. An unwritable cache directory only costs a warning: the built payload is returned.
+        The payload. An unwritable cache directory only costs a warning: the built payload is
+        returned.
     """
     key = fingerprint(params, sources)
     path = cache_root(cache_dir) / f"{name}-{key[:16]}.pt"
@@ -118,5 +123,9 @@ def _save(path: Path, entry: dict) -> None:
             Path(temp).unlink(missing_ok=True)
         if path.parent not in _unwritable:
             _unwritable.add(path.parent)
-            log.warning("cannot write the cache in %s (%s); data will be decoded again next time "
-                        "(set $METALAB_CACHE to a writable folder)", path.parent, error)
+            log.warning(
+                "cannot write the cache in %s (%s); data will be decoded again next time "
+                "(set $METALAB_CACHE to a writable folder)",
+                path.parent,
+                error,
+            )

@@ -1,4 +1,5 @@
-"""Image files → uint8 tensors, the one place that decodes pixels (datasets and `metalab predict` alike)."""
+"""Image files → uint8 tensors, the one place that decodes pixels (datasets and `metalab predict`
+alike)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ _MODES = {1: "L", 3: "RGB"}
 def decode_image(source: bytes | Path, preprocess: Preprocess, name: str) -> Tensor:
     """Decode one image file (its path or its bytes) as `preprocess` says.
 
-    The image is converted to grayscale ("L") or RGB, resized to a square with the antialiasing Lanczos
+    The image is converted to grayscale ("L") or RGB, resized to a square with the antialiasing
+    Lanczos
     filter, then inverted (255 - x) if ``preprocess.invert``.
 
     Args:
@@ -42,15 +44,24 @@ def decode_image(source: bytes | Path, preprocess: Preprocess, name: str) -> Ten
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
             pixels = np.asarray(image.convert(mode).resize(size, Image.LANCZOS), dtype=np.uint8)
-    except Exception as error:  # PIL raises many types for bad files (OSError, SyntaxError, ValueError, ...)
-        raise DataError(f"cannot decode image {name} ({error}); remove or replace the file") from error
-    tensor = torch.from_numpy(pixels.copy()).reshape(size[0], size[1], preprocess.channels).permute(2, 0, 1)
+    except (
+        Exception
+    ) as error:  # PIL raises many types for bad files (OSError, SyntaxError, ValueError, ...)
+        raise DataError(
+            f"cannot decode image {name} ({error}); remove or replace the file"
+        ) from error
+    tensor = (
+        torch.from_numpy(pixels.copy())
+        .reshape(size[0], size[1], preprocess.channels)
+        .permute(2, 0, 1)
+    )
     tensor = tensor.contiguous()
     return 255 - tensor if preprocess.invert else tensor
 
 
 def load_images(paths: list[Path], preprocess: Preprocess) -> Tensor:
-    """Decode image files (for example the query images of `metalab predict`) into one (n, C, H, W) uint8 tensor."""
+    """Decode image files (for example the query images of `metalab predict`) into one (n, C, H, W)
+    uint8 tensor."""
     if not paths:
         raise DataError("no image files given")
     images = []

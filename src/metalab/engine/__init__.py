@@ -1,1 +1,2 @@
-"""The engine: one training loop, the evaluation protocol, checkpoints and logs for every algorithm."""
+"""The engine: one training loop, the evaluation protocol, checkpoints and logs for every
+algorithm."""

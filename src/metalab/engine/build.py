@@ -1,4 +1,5 @@
-"""Building the pieces of a run: the device, a learner from a config, a learner from a checkpoint."""
+"""Building the pieces of a run: the device, a learner from a config, a learner from a
+checkpoint."""
 
 from __future__ import annotations
 
@@ -16,38 +17,51 @@ from metalab.registry import ALGORITHMS
 
 
 def resolve_device(name: str) -> torch.device:
-    """auto → cuda when available, else cpu; an unavailable cuda is an error, not a silent fallback."""
+    """auto → cuda when available, else cpu; an unavailable cuda is an error, not a silent
+    fallback."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"--device {name!r} is unknown; choices: auto, cpu, cuda, cuda:N") from None
+        raise ConfigError(
+            f"--device {name!r} is unknown; choices: auto, cpu, cuda, cuda:N"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name} but no CUDA device is available; use --device cpu or auto")
+        raise ConfigError(
+            f"--device {name} but no CUDA device is available; use --device cpu or auto"
+        )
     return device
 
 
 def build_learner(cfg: Config, input_shape: tuple[int, ...], seed: int) -> MetaLearner:
-    """The configured algorithm with initial weights drawn from `seed` (the global RNG is left as it was)."""
+    """The configured algorithm with initial weights drawn from `seed` (the global RNG is left as it
+    was)."""
     cls = ALGORITHMS.get(cfg.algorithm_name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return cls.from_config(cfg, tuple(input_shape))
 
 
-def load_learner(target: str | Path, device: torch.device, which: str = "best") -> tuple[MetaLearner, Config, dict[str, Any]]:
-    """A trained learner from a run directory or checkpoint file, with its config and checkpoint state."""
+def load_learner(
+    target: str | Path, device: torch.device, which: str = "best"
+) -> tuple[MetaLearner, Config, dict[str, Any]]:
+    """A trained learner from a run directory or checkpoint file, with its config and checkpoint
+    state."""
     path = resolve_checkpoint(target, which)
     state = load_checkpoint(path)
     if state["algorithm"] not in ALGORITHMS:
-        raise CheckpointError(f"{path} was written by algorithm '{state['algorithm']}', which this metalab "
-                              f"does not have; choices: {', '.join(ALGORITHMS.names())}")
+        raise CheckpointError(
+            f"{path} was written by algorithm '{state['algorithm']}', which this metalab "
+            f"does not have; choices: {', '.join(ALGORITHMS.names())}"
+        )
     cfg = parse_config(state["config"], str(path))
     learner = build_learner(cfg, state["input_shape"], seed=0)
     try:
         learner.load_state_dict(state["model"])
     except RuntimeError as e:
         first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
-        raise CheckpointError(f"{path}: the weights do not fit a '{cfg.algorithm_name}' model ({first})") from None
+        raise CheckpointError(
+            f"{path}: the weights do not fit a '{cfg.algorithm_name}' model ({first})"
+        ) from None
     return learner.to(device), cfg, state | {"path": path}

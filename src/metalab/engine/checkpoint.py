@@ -39,15 +39,20 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for a damaged or foreign file
-        raise CheckpointError(f"{path} is not a readable metalab checkpoint ({type(e).__name__}); "
-                              f"use another checkpoint or retrain") from None
+        raise CheckpointError(
+            f"{path} is not a readable metalab checkpoint ({type(e).__name__}); "
+            f"use another checkpoint or retrain"
+        ) from None
     if not isinstance(state, dict) or "algorithm" not in state or state.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a metalab checkpoint (format {FORMAT}); retrain with this version")
+        raise CheckpointError(
+            f"{path} is not a metalab checkpoint (format {FORMAT}); retrain with this version"
+        )
     return state
 
 
 def resolve_checkpoint(target: str | Path, which: str = "best") -> Path:
-    """A run directory → its best.pt (or last.pt when there is no best, or `which` = last); a file → itself."""
+    """A run directory → its best.pt (or last.pt when there is no best, or `which` = last); a file →
+    itself."""
     target = Path(target)
     if target.is_file():
         return target
@@ -57,4 +62,6 @@ def resolve_checkpoint(target: str | Path, which: str = "best") -> Path:
     for name in order:
         if (target / name).is_file():
             return target / name
-    raise CheckpointError(f"no checkpoint ({' or '.join(order)}) in {target}; train with --out {target} first")
+    raise CheckpointError(
+        f"no checkpoint ({' or '.join(order)}) in {target}; train with --out {target} first"
+    )

@@ -1,4 +1,5 @@
-"""The field's evaluation protocol: fixed test episodes, a per-episode score, its mean and 95% interval.
+"""The field's evaluation protocol: fixed test episodes, a per-episode score, its mean and 95%
+interval.
 
 ``ci95 = 1.96 · s / √n`` with s the sample standard deviation of per-episode scores over the n
 episodes (Snell et al. 2017; Finn et al. 2017; Chen et al. 2019 all report this interval).
@@ -12,8 +13,9 @@ the best checkpoint by :meth:`EvalResult.better_than`, whatever the metric.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -48,7 +50,9 @@ def metric_of(episode: Episode) -> Metric:
 class EvalResult:
     value: float  # mean per-episode score, in the metric's unit (accuracy: percent)
     ci95: float  # half-width of the 95% confidence interval, same unit
-    per_episode: Tensor  # (episodes,) raw scores (accuracies in [0, 1], MSEs), in the fixed set's order
+    per_episode: (
+        Tensor  # (episodes,) raw scores (accuracies in [0, 1], MSEs), in the fixed set's order
+    )
     metric: str = "accuracy"
     higher_is_better: bool = True
 
@@ -56,7 +60,9 @@ class EvalResult:
     def accuracy(self) -> float:
         """The mean accuracy in percent (classification results only)."""
         if self.metric != "accuracy":
-            raise AttributeError(f"this result is scored by {self.metric}, not accuracy; use .value")
+            raise AttributeError(
+                f"this result is scored by {self.metric}, not accuracy; use .value"
+            )
         return self.value
 
     def better_than(self, other: float | None) -> bool:
@@ -75,7 +81,9 @@ def mean_ci95(values: Tensor) -> tuple[float, float]:
 
 
 @torch.no_grad()
-def evaluate(learner: MetaLearner, episodes: Any, batch_size: int = 25, **predict_options: Any) -> EvalResult:
+def evaluate(
+    learner: MetaLearner, episodes: Any, batch_size: int = 25, **predict_options: Any
+) -> EvalResult:
     """Score `learner.predict` over a fixed episode set (the learner is put in eval mode).
 
     ``predict_options`` are passed to ``predict`` (e.g. ``steps=5`` for an optimization method)."""
@@ -85,9 +93,13 @@ def evaluate(learner: MetaLearner, episodes: Any, batch_size: int = 25, **predic
     try:
         for ep in episodes.batches(batch_size):
             metric = metric_of(ep)
-            scores.append(metric.per_episode(learner.predict(ep, **predict_options), ep.query_y).cpu())
+            scores.append(
+                metric.per_episode(learner.predict(ep, **predict_options), ep.query_y).cpu()
+            )
     finally:
         learner.train(was_training)
     per_episode = torch.cat(scores)
     mean, ci = mean_ci95(per_episode)
-    return EvalResult(metric.scale * mean, metric.scale * ci, per_episode, metric.name, metric.higher_is_better)
+    return EvalResult(
+        metric.scale * mean, metric.scale * ci, per_episode, metric.name, metric.higher_is_better
+    )

@@ -11,14 +11,22 @@ log = logging.getLogger("metalab")
 
 
 class MetricsLog:
-    """Appends ``{"step": s, ...}`` lines to ``metrics.jsonl``; on resume, drops lines past the checkpoint."""
+    """Appends ``{"step": s, ...}`` lines to ``metrics.jsonl``; on resume, drops lines past the
+    checkpoint."""
 
-    def __init__(self, run_dir: Path, resume_step: int | None = None, tensorboard: bool = True) -> None:
+    def __init__(
+        self, run_dir: Path, resume_step: int | None = None, tensorboard: bool = True
+    ) -> None:
         self.path = run_dir / "metrics.jsonl"
         if resume_step is None:
             self.path.write_text("")
-        elif self.path.exists():  # a killed run may have logged steps that the resumed run will redo
-            kept = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= resume_step]
+        # a killed run may have logged steps that the resumed run will redo
+        elif self.path.exists():
+            kept = [
+                ln
+                for ln in self.path.read_text().splitlines()
+                if ln.strip() and json.loads(ln)["step"] <= resume_step
+            ]
             self.path.write_text("".join(ln + "\n" for ln in kept))
         self._tb = None
         if tensorboard:

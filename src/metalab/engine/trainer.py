@@ -15,9 +15,9 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import yaml
@@ -26,13 +26,13 @@ from tqdm import tqdm
 import metalab
 from metalab.algorithms.base import MetaLearner, check_source
 from metalab.config import Config, TrainConfig
-from metalab.tasks.sources import load_split, split_names
 from metalab.engine.build import build_learner, resolve_device
 from metalab.engine.checkpoint import load_checkpoint, save_checkpoint
 from metalab.engine.evaluate import evaluate
 from metalab.engine.logs import MetricsLog
-from metalab.tasks.episodes import fixed_episodes, input_shape, is_regression
 from metalab.errors import CheckpointError, ConfigError, TrainingError
+from metalab.tasks.episodes import fixed_episodes, input_shape, is_regression
+from metalab.tasks.sources import load_split, split_names
 
 
 @dataclass
@@ -52,35 +52,52 @@ def make_optimizer(params, t: TrainConfig) -> torch.optim.Optimizer:
     raise ConfigError(f"train.optimizer '{t.optimizer}' is unknown; choices: adam, sgd")
 
 
-def make_schedule(opt: torch.optim.Optimizer, t: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
+def make_schedule(
+    opt: torch.optim.Optimizer, t: TrainConfig
+) -> torch.optim.lr_scheduler.LRScheduler:
     if t.lr_schedule == "step":
         return torch.optim.lr_scheduler.StepLR(opt, step_size=t.lr_step, gamma=t.lr_gamma)
     if t.lr_schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(t.steps, 1))
     if t.lr_schedule == "constant":
         return torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=1.0)
-    raise ConfigError(f"train.lr_schedule '{t.lr_schedule}' is unknown; choices: constant, step, cosine")
+    raise ConfigError(
+        f"train.lr_schedule '{t.lr_schedule}' is unknown; choices: constant, step, cosine"
+    )
 
 
 class Trainer:
-    """Holds one run's state; `fit` runs the loop. `on_step(step)` is called after each completed step."""
+    """Holds one run's state; `fit` runs the loop. `on_step(step)` is called after each completed
+    step."""
 
-    def __init__(self, cfg: Config, run_dir: str | Path, resume: bool = False,
-                 on_step: Callable[[int], None] | None = None, progress: bool = True) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        run_dir: str | Path,
+        resume: bool = False,
+        on_step: Callable[[int], None] | None = None,
+        progress: bool = True,
+    ) -> None:
         self.cfg, self.run_dir, self.on_step, self.progress = cfg, Path(run_dir), on_step, progress
         t = cfg.train
         for key in ("steps", "checkpoint_every", "log_every"):
             if getattr(t, key) < 1:
-                raise ConfigError(f"train.{key} = {getattr(t, key)} is invalid: it must be at least 1")
+                raise ConfigError(
+                    f"train.{key} = {getattr(t, key)} is invalid: it must be at least 1"
+                )
         self.device = resolve_device(t.device)
         last = self.run_dir / "last.pt"
         if last.exists() and not resume:
-            raise CheckpointError(f"{self.run_dir} already holds a run (last.pt); pass --resume to continue "
-                                  f"it, or choose another --out")
+            raise CheckpointError(
+                f"{self.run_dir} already holds a run (last.pt); pass --resume to continue "
+                f"it, or choose another --out"
+            )
         state = load_checkpoint(last) if resume else None
         if state is not None and state["algorithm"] != cfg.algorithm_name:
-            raise CheckpointError(f"{last} was written by algorithm '{state['algorithm']}' but the config asks for "
-                                  f"'{cfg.algorithm_name}'; resume with the run's own config or use another --out")
+            raise CheckpointError(
+                f"{last} was written by algorithm '{state['algorithm']}' but the config asks for "
+                f"'{cfg.algorithm_name}'; resume with the run's own config or use another --out"
+            )
 
         splits = split_names(cfg.data)
         train_split = load_split(cfg.data, cfg.data.train_split).to(self.device)
@@ -93,7 +110,9 @@ class Trainer:
         if t.val_every > 0 and cfg.data.val_split and cfg.data.val_split in splits:
             e = cfg.eval
             val = load_split(cfg.data, cfg.data.val_split).to(self.device)
-            self.val_set = fixed_episodes(val, e.ways, e.shots, e.queries, t.val_episodes, e.seed, cfg.data.within_group)
+            self.val_set = fixed_episodes(
+                val, e.ways, e.shots, e.queries, t.val_episodes, e.seed, cfg.data.within_group
+            )
         self.optimizer = make_optimizer(self.learner.parameters(), t)
         self.schedule = make_schedule(self.optimizer, t)
         self.generator = torch.Generator().manual_seed(t.seed)
@@ -111,11 +130,17 @@ class Trainer:
             self.learner.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError, KeyError) as e:
-            raise CheckpointError(f"{path} does not fit this config's model or optimizer "
-                                  f"({str(e).splitlines()[0]}); resume with the run's own config") from None
+            raise CheckpointError(
+                f"{path} does not fit this config's model or optimizer "
+                f"({str(e).splitlines()[0]}); resume with the run's own config"
+            ) from None
         self.schedule.load_state_dict(state["scheduler"])
         self.generator.set_state(state["rng"]["sampler"])
-        self.step, self.best_val, self.elapsed_s = state["step"], state["best_val"], state["elapsed_s"]
+        self.step, self.best_val, self.elapsed_s = (
+            state["step"],
+            state["best_val"],
+            state["elapsed_s"],
+        )
 
     def state(self) -> dict:
         return {
@@ -130,7 +155,9 @@ class Trainer:
             "scheduler": self.schedule.state_dict(),
             "rng": {"sampler": self.generator.get_state()},
             "best_val": self.best_val,
-            "elapsed_s": self.elapsed_s + time.monotonic() - self._started,  # over all sessions of the run
+            "elapsed_s": self.elapsed_s
+            + time.monotonic()
+            - self._started,  # over all sessions of the run
         }
 
     def validate(self) -> None:
@@ -148,8 +175,14 @@ class Trainer:
         budget_s = None if t.max_minutes is None else 60.0 * t.max_minutes
         window: dict[str, list[float]] = {}
         stopped = "steps"
-        bar = tqdm(total=t.steps, initial=self.step, file=sys.stderr, disable=not self.progress,
-                   desc=self.cfg.algorithm_name, dynamic_ncols=True)
+        bar = tqdm(
+            total=t.steps,
+            initial=self.step,
+            file=sys.stderr,
+            disable=not self.progress,
+            desc=self.cfg.algorithm_name,
+            dynamic_ncols=True,
+        )
         self.learner.train()
         try:
             while self.step < t.steps:
@@ -174,7 +207,11 @@ class Trainer:
             stopped = "interrupted"
         finally:
             bar.close()
-        if self.val_set is not None and stopped != "interrupted" and (t.val_every <= 0 or self.step % t.val_every):
+        if (
+            self.val_set is not None
+            and stopped != "interrupted"
+            and (t.val_every <= 0 or self.step % t.val_every)
+        ):
             self.validate()  # the final weights are always validated
         save_checkpoint(self.run_dir / "last.pt", self.state())
         self.log.close()
@@ -185,10 +222,14 @@ class Trainer:
         out = self.learner.meta_loss(batch)
         loss = float(out.loss.detach())
         if not math.isfinite(loss):
-            save_checkpoint(self.run_dir / "last.pt", self.state())  # weights are still those of the last good step
-            raise TrainingError(f"the loss became {loss} at step {self.step + 1}; training stopped and "
-                                f"{self.run_dir / 'last.pt'} holds the last good weights (step {self.step}); "
-                                f"lower the learning rate (--lr) and continue with --resume")
+            save_checkpoint(
+                self.run_dir / "last.pt", self.state()
+            )  # weights are still those of the last good step
+            raise TrainingError(
+                f"the loss became {loss} at step {self.step + 1}; training stopped and "
+                f"{self.run_dir / 'last.pt'} holds the last good weights (step {self.step}); "
+                f"lower the learning rate (--lr) and continue with --resume"
+            )
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         if self.cfg.train.grad_clip is not None:

@@ -11,10 +11,13 @@ from torch import Tensor, nn
 from metalab.registry import BACKBONES
 
 
-def conv_block(in_channels: int, out_channels: int, pool: bool = True, track_running_stats: bool = True) -> nn.Sequential:
+def conv_block(
+    in_channels: int, out_channels: int, pool: bool = True, track_running_stats: bool = True
+) -> nn.Sequential:
     """conv 3×3 (padding 1) → BatchNorm → ReLU → max-pool 2×2.
 
-    ``track_running_stats=False`` makes BatchNorm always normalise with the batch's own statistics and
+    ``track_running_stats=False`` makes BatchNorm always normalise with the batch's own statistics
+    and
     hold no buffers, as MAML does (Finn et al. 2017, transductive batch statistics).
     """
     layers: list[nn.Module] = [
@@ -31,10 +34,20 @@ def conv_block(in_channels: int, out_channels: int, pool: bool = True, track_run
 class Conv4(nn.Module):
     """Shapes: (batch, C, H, W) → (batch, hidden · ⌊H/16⌋ · ⌊W/16⌋)."""
 
-    def __init__(self, in_channels: int = 1, hidden: int = 64, blocks: int = 4, track_running_stats: bool = True) -> None:
+    def __init__(
+        self,
+        in_channels: int = 1,
+        hidden: int = 64,
+        blocks: int = 4,
+        track_running_stats: bool = True,
+    ) -> None:
         super().__init__()
-        self.blocks = nn.Sequential(*[conv_block(in_channels if i == 0 else hidden, hidden, True, track_running_stats)
-                                      for i in range(blocks)])
+        self.blocks = nn.Sequential(
+            *[
+                conv_block(in_channels if i == 0 else hidden, hidden, True, track_running_stats)
+                for i in range(blocks)
+            ]
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.blocks(x).flatten(1)

@@ -1,16 +1,23 @@
 """Side-by-side comparison of trained runs on the same fixed test episodes, with paired statistics.
 
-Every run is evaluated on exactly the same :class:`~metalab.tasks.episodes.FixedEpisodes` per (ways, shots), so
-two methods can be compared episode by episode: the paired difference of their per-episode accuracies
-``d_e = acc_a(e) − acc_b(e)`` has mean ``d̄`` and 95% confidence interval ``d̄ ± 1.96·s_d/√n`` (s_d with
+Every run is evaluated on exactly the same :class:`~metalab.tasks.episodes.FixedEpisodes` per (ways,
+shots), so
+two methods can be compared episode by episode: the paired difference of their per-episode
+accuracies
+``d_e = acc_a(e) − acc_b(e)`` has mean ``d̄`` and 95% confidence interval ``d̄ ± 1.96·s_d/√n`` (s_d
+with
 Bessel's correction). Pairing removes the between-episode variance that both methods share, so the
 interval is much narrower than the two separate intervals suggest.
 
-    report = compare_runs([Path("runs/protonet"), Path("runs/baseline")], data_dir=None, out_dir=Path("cmp"))
+    report = compare_runs([Path("runs/protonet"), Path("runs/baseline")], data_dir=None,
+    out_dir=Path("cmp"))
 
-writes ``cmp/compare.md`` (tables), ``cmp/compare.json`` (numbers, skipped settings, environment) and
-``cmp/compare.png`` (accuracy against shots, one panel per ways). A method that cannot run a setting —
-a head with one output per training way (MAML, MANN, SNAIL, MetaNet), or a dataset with too few images
+writes ``cmp/compare.md`` (tables), ``cmp/compare.json`` (numbers, skipped settings, environment)
+and
+``cmp/compare.png`` (accuracy against shots, one panel per ways). A method that cannot run a setting
+—
+a head with one output per training way (MAML, MANN, SNAIL, MetaNet), or a dataset with too few
+images
 per class for shots + queries — is skipped for that setting with the reason, not an error.
 """
 
@@ -19,35 +26,43 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
-from metalab.tasks.sources import load_split
 from metalab.engine.build import load_learner
 from metalab.engine.evaluate import evaluate, mean_ci95
-from metalab.tasks.episodes import FixedEpisodes
 from metalab.errors import ConfigError, DataError
+from metalab.tasks.episodes import FixedEpisodes
+from metalab.tasks.sources import load_split
 from metalab.tools.provenance import environment
 
-# The data settings that define the test tasks: runs differing in one of these see different characters.
+# The data settings that define the test tasks: runs differing in one of these see different
+# characters.
 _SPLIT_KEYS = ("dataset", "scheme", "rotations")
-# The settings that only render the same images differently: such runs get the same episodes, each at its
+# The settings that only render the same images differently: such runs get the same episodes, each
+# at its
 # own resolution (e.g. MANN's 20×20 beside Conv-4's 28×28).
 _RENDER_KEYS = ("image_size", "channels", "invert")
 
 
 def paired_difference(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
-    """Mean per-episode difference a − b and its 95% CI half-width, over the same episodes in the same order.
+    """Mean per-episode difference a − b and its 95% CI half-width, over the same episodes in the
+    same order.
 
     Example:
-        >>> paired_difference([1.0, 0.8, 0.6], [0.9, 0.8, 0.4])   # d = (0.1, 0, 0.2): mean 0.1, s = 0.1
-        (0.1, 0.113...)                                           # 1.96 · 0.1 / √3
+        >>> paired_difference([1.0, 0.8, 0.6], [0.9, 0.8, 0.4])  # d = (0.1, 0, 0.2), s = 0.1
+        (0.1, 0.113...)                                          # 1.96 · 0.1 / √3
     """
     if len(a) != len(b) or len(a) == 0:
-        raise ValueError(f"paired_difference needs the same, non-empty episodes: {len(a)} vs {len(b)} values")
-    return mean_ci95(torch.as_tensor(a, dtype=torch.float64) - torch.as_tensor(b, dtype=torch.float64))
+        raise ValueError(
+            f"paired_difference needs the same, non-empty episodes: {len(a)} vs {len(b)} values"
+        )
+    return mean_ci95(
+        torch.as_tensor(a, dtype=torch.float64) - torch.as_tensor(b, dtype=torch.float64)
+    )
 
 
 def setting_name(ways: int, shots: int) -> str:
@@ -62,31 +77,49 @@ def _render(data) -> tuple:
     return tuple(getattr(data, k) for k in _RENDER_KEYS)
 
 
-def compare_runs(runs: Sequence[Path], data_dir: Path | None, out_dir: Path, ways: Sequence[int] = (5, 20),
-                 shots: Sequence[int] = (1, 5, 10, 20), queries: int = 15, episodes: int = 1000, seed: int = 0,
-                 device: torch.device = torch.device("cpu"), split: str = "test", batch: int = 25,
-                 checkpoint: str = "best", command: str | None = None,
-                 log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Evaluate trained runs on the same fixed episodes for every (ways, shots); write md, json and png.
+def compare_runs(
+    runs: Sequence[Path],
+    data_dir: Path | None,
+    out_dir: Path,
+    ways: Sequence[int] = (5, 20),
+    shots: Sequence[int] = (1, 5, 10, 20),
+    queries: int = 15,
+    episodes: int = 1000,
+    seed: int = 0,
+    device: torch.device = torch.device("cpu"),
+    split: str = "test",
+    batch: int = 25,
+    checkpoint: str = "best",
+    command: str | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Evaluate trained runs on the same fixed episodes for every (ways, shots); write md, json and
+    png.
 
     Args:
         runs: run directories (or checkpoint files); each method is named by its directory.
         data_dir: the dataset folder (None: the one the first run was trained on).
         out_dir: where compare.md, compare.json and compare.png are written (created).
         ways, shots: the settings, every combination. queries: per class, lowered to what the images
-            allow (Omniglot has 20 per class: 10 shots leave 10 queries; 20 shots none, so it is skipped).
+            allow (Omniglot has 20 per class: 10 shots leave 10 queries; 20 shots none, so it is
+            skipped).
         episodes, seed: the fixed episode set of each setting (the field's protocol: 1000 episodes).
-        split, batch, checkpoint: test split, episodes per evaluation batch, best or last checkpoint.
+        split, batch, checkpoint: test split, episodes per evaluation batch, best or last
+        checkpoint.
         command: the command line that produced the comparison, recorded in compare.json.
         log: called with one line per evaluated (method, setting), e.g. ``print``.
 
     Returns:
-        The dict written to compare.json: ``settings``, ``methods`` (per method and setting accuracy,
-        ci95 or ``skipped``), ``paired`` (per setting and pair of methods: difference, ci95, significant).
+        The dict written to compare.json: ``settings``, ``methods`` (per method and setting
+        accuracy,
+        ci95 or ``skipped``), ``paired`` (per setting and pair of methods: difference, ci95,
+        significant).
 
     Raises:
-        ConfigError: runs trained on different test splits (dataset, scheme, rotations). Runs that differ
-            only in image size, channels or inversion are compared on the same episodes (the same images,
+        ConfigError: runs trained on different test splits (dataset, scheme, rotations). Runs that
+        differ
+            only in image size, channels or inversion are compared on the same episodes (the same
+            images,
             each rendered as the run was trained).
     """
     if not runs:
@@ -100,43 +133,70 @@ def compare_runs(runs: Sequence[Path], data_dir: Path | None, out_dir: Path, way
         learners[name] = (learner, cfg, state, run)
     _, first_cfg, _, first_run = next(iter(learners.values()))
     reference = _split_identity(first_cfg.data)
-    for name, (_, cfg, _, run) in learners.items():
+    for _, cfg, _, run in learners.values():
         if _split_identity(cfg.data) != reference:
             theirs = _split_identity(cfg.data)
-            diff = ", ".join(f"data.{k} {theirs[k]!r} vs {reference[k]!r}" for k in _SPLIT_KEYS if theirs[k] != reference[k])
-            raise ConfigError(f"{run} was trained with other data than {first_run} ({diff}); compare runs "
-                              f"that share one test split")
+            diff = ", ".join(
+                f"data.{k} {theirs[k]!r} vs {reference[k]!r}"
+                for k in _SPLIT_KEYS
+                if theirs[k] != reference[k]
+            )
+            raise ConfigError(
+                f"{run} was trained with other data than {first_run} ({diff}); compare runs "
+                f"that share one test split"
+            )
     tests = {}  # one test split per rendering, all holding the same classes and images
-    for _, cfg, _, run in learners.values():
+    for _, cfg, _, _run in learners.values():
         if _render(cfg.data) not in tests:
-            data = dataclasses.replace(cfg.data, data_dir=str(data_dir) if data_dir else first_cfg.data.data_dir)
+            data = dataclasses.replace(
+                cfg.data, data_dir=str(data_dir) if data_dir else first_cfg.data.data_dir
+            )
             tests[_render(cfg.data)] = load_split(data, split).to(device)
     test = tests[_render(first_cfg.data)]
     for other in tests.values():
-        if other.class_names != test.class_names or not torch.equal(other.counts.cpu(), test.counts.cpu()):
-            raise DataError(f"the {split} split holds different classes at different image sizes; compare runs "
-                            f"trained at one image size")
+        if other.class_names != test.class_names or not torch.equal(
+            other.counts.cpu(), test.counts.cpu()
+        ):
+            raise DataError(
+                f"the {split} split holds different classes at different image sizes; compare runs "
+                f"trained at one image size"
+            )
     most = int(test.counts.min())
 
     settings = []
-    methods = {name: {"run": str(run), "algorithm": cfg.algorithm_name, "checkpoint": str(state["path"]),
-                      "step": state["step"], "image_size": cfg.data.image_size, "results": {}}
-               for name, (_, cfg, state, run) in learners.items()}
+    methods = {
+        name: {
+            "run": str(run),
+            "algorithm": cfg.algorithm_name,
+            "checkpoint": str(state["path"]),
+            "step": state["step"],
+            "image_size": cfg.data.image_size,
+            "results": {},
+        }
+        for name, (_, cfg, state, run) in learners.items()
+    }
     per_episode: dict[tuple[str, str], list[float]] = {}
     for n, k in itertools.product(ways, shots):
         key, q = setting_name(n, k), min(queries, most - k)
         settings.append({"name": key, "ways": n, "shots": k, "queries": q})
         try:
             if q < 1:
-                raise DataError(f"{test.name} has {most} images per class: {k} shots leave no query")
-            fixed = {render: FixedEpisodes(t, n, k, q, episodes, seed) for render, t in tests.items()}
+                raise DataError(
+                    f"{test.name} has {most} images per class: {k} shots leave no query"
+                )
+            fixed = {
+                render: FixedEpisodes(t, n, k, q, episodes, seed) for render, t in tests.items()
+            }
         except (ConfigError, DataError) as e:
             for m in methods.values():
                 m["results"][key] = {"skipped": str(e)}
             continue
         first = fixed[_render(first_cfg.data)]
         # the same classes and image indices at every rendering: one episode set
-        assert all(torch.equal(f.classes, first.classes) and torch.equal(f.index, first.index) for f in fixed.values())
+        assert all(
+            torch.equal(f.classes, first.classes) and torch.equal(f.index, first.index)
+            for f in fixed.values()
+        )
         for name, (learner, cfg, *_rest) in learners.items():
             try:
                 result = evaluate(learner, fixed[_render(cfg.data)], batch)
@@ -144,7 +204,10 @@ def compare_runs(runs: Sequence[Path], data_dir: Path | None, out_dir: Path, way
                 methods[name]["results"][key] = {"skipped": str(e)}
                 continue
             per_episode[name, key] = result.per_episode.tolist()
-            methods[name]["results"][key] = {"accuracy": round(result.accuracy, 4), "ci95": round(result.ci95, 4)}
+            methods[name]["results"][key] = {
+                "accuracy": round(result.accuracy, 4),
+                "ci95": round(result.ci95, 4),
+            }
             if log is not None:
                 log(f"{name}: {key} ({q} queries) {result.accuracy:.2f} ± {result.ci95:.2f}%")
 
@@ -153,10 +216,27 @@ def compare_runs(runs: Sequence[Path], data_dir: Path | None, out_dir: Path, way
         for a, b in itertools.combinations(methods, 2):
             if (a, s["name"]) in per_episode and (b, s["name"]) in per_episode:
                 mean, ci = paired_difference(per_episode[a, s["name"]], per_episode[b, s["name"]])
-                paired.append({"setting": s["name"], "a": a, "b": b, "difference": round(100 * mean, 4),
-                               "ci95": round(100 * ci, 4), "significant": abs(mean) > ci})
-    report = {"command": command, "split": split, "dataset": test.name, "episodes": episodes, "seed": seed,
-              "settings": settings, "methods": methods, "paired": paired, "environment": environment(device)}
+                paired.append(
+                    {
+                        "setting": s["name"],
+                        "a": a,
+                        "b": b,
+                        "difference": round(100 * mean, 4),
+                        "ci95": round(100 * ci, 4),
+                        "significant": abs(mean) > ci,
+                    }
+                )
+    report = {
+        "command": command,
+        "split": split,
+        "dataset": test.name,
+        "episodes": episodes,
+        "seed": seed,
+        "settings": settings,
+        "methods": methods,
+        "paired": paired,
+        "environment": environment(device),
+    }
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "compare.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -166,14 +246,23 @@ def compare_runs(runs: Sequence[Path], data_dir: Path | None, out_dir: Path, way
 
 
 def markdown_report(report: dict[str, Any]) -> str:
-    """The Markdown tables of a :func:`compare_runs` report: accuracy ± CI, then the paired differences."""
+    """The Markdown tables of a :func:`compare_runs` report: accuracy ± CI, then the paired
+    differences."""
     settings = [s["name"] for s in report["settings"]]
-    lines = [f"# Comparison on {report['dataset']} ({report['split']} split)", "",
-             f"{report['episodes']} fixed episodes per setting (seed {report['seed']}), the same for every method; "
-             f"accuracy in % ± 95% confidence interval.", ""]
+    lines = [
+        f"# Comparison on {report['dataset']} ({report['split']} split)",
+        "",
+        f"{report['episodes']} fixed episodes per setting (seed {report['seed']}), the same for "
+        "every method; "
+        f"accuracy in % ± 95% confidence interval.",
+        "",
+    ]
     if report.get("command"):
         lines += [f"Command: `{report['command']}`", ""]
-    lines += ["| method | algorithm | " + " | ".join(settings) + " |", "|---|---|" + "---|" * len(settings)]
+    lines += [
+        "| method | algorithm | " + " | ".join(settings) + " |",
+        "|---|---|" + "---|" * len(settings),
+    ]
     notes: list[str] = []
     sizes = {m.get("image_size") for m in report["methods"].values()}  # shown when runs differ
     for name, m in report["methods"].items():
@@ -193,17 +282,28 @@ def markdown_report(report: dict[str, Any]) -> str:
     if notes:
         lines += ["", "Skipped:"] + [f"{i + 1}. {note}" for i, note in enumerate(notes)]
     if report["paired"]:
-        lines += ["", "## Paired differences (a − b, same episodes)", "",
-                  "Mean of the per-episode accuracy differences ± 1.96·s/√n, in percentage points; "
-                  "* marks an interval that excludes 0.", "", "| setting | a | b | a − b |", "|---|---|---|---|"]
+        lines += [
+            "",
+            "## Paired differences (a − b, same episodes)",
+            "",
+            "Mean of the per-episode accuracy differences ± 1.96·s/√n, in percentage points; "
+            "* marks an interval that excludes 0.",
+            "",
+            "| setting | a | b | a − b |",
+            "|---|---|---|---|",
+        ]
         for p in report["paired"]:
             star = " *" if p["significant"] else ""
-            lines.append(f"| {p['setting']} | {p['a']} | {p['b']} | {p['difference']:+.2f} ± {p['ci95']:.2f}{star} |")
+            lines.append(
+                f"| {p['setting']} | {p['a']} | {p['b']} | {p['difference']:+.2f} ± "
+                f"{p['ci95']:.2f}{star} |"
+            )
     return "\n".join(lines) + "\n"
 
 
 def plot_report(report: dict[str, Any], path: Path) -> None:
-    """Accuracy (± CI) against shots per method, one panel per ways; written as PNG with the Agg canvas."""
+    """Accuracy (± CI) against shots per method, one panel per ways; written as PNG with the Agg
+    canvas."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -213,11 +313,19 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
     axes = fig.subplots(1, len(ways), squeeze=False)[0]
     for ax, n in zip(axes, ways):
         for name, m in report["methods"].items():
-            points = [(s["shots"], m["results"][s["name"]]) for s in report["settings"] if s["ways"] == n]
+            points = [
+                (s["shots"], m["results"][s["name"]]) for s in report["settings"] if s["ways"] == n
+            ]
             points = [(k, r) for k, r in points if "accuracy" in r]
             if points:
-                ax.errorbar([k for k, _ in points], [r["accuracy"] for _, r in points],
-                            yerr=[r["ci95"] for _, r in points], marker="o", capsize=3, label=name)
+                ax.errorbar(
+                    [k for k, _ in points],
+                    [r["accuracy"] for _, r in points],
+                    yerr=[r["ci95"] for _, r in points],
+                    marker="o",
+                    capsize=3,
+                    label=name,
+                )
         ax.set_xticks(sorted({s["shots"] for s in report["settings"]}))
         ax.set_title(f"{n}-way ({report['dataset']})")
         ax.set_xlabel("shots per class")
@@ -225,7 +333,11 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
         ax.grid(alpha=0.3)
     handles = {}  # one legend beside the panels, clear of the curves; every method once
     for ax in axes:
-        handles |= {label: h for h, label in zip(*ax.get_legend_handles_labels()) if label not in handles}
+        handles |= {
+            label: h for h, label in zip(*ax.get_legend_handles_labels()) if label not in handles
+        }
     if handles:
-        fig.legend(list(handles.values()), list(handles), loc="outside right center", fontsize="small")
+        fig.legend(
+            list(handles.values()), list(handles), loc="outside right center", fontsize="small"
+        )
     fig.savefig(path, dpi=120)

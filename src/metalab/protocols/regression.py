@@ -1,10 +1,13 @@
 """Sinusoid regression evaluation (Finn et al. 2017, §5.1, Fig. 2 and 3): MSE against inner steps.
 
-    curve = regression_curve(learner, source)   # {5: {"mse": [11 values], "ci95": [...]}, 10: ..., 20: ...}
+    curve = regression_curve(learner, source)   # {5: {"mse": [11 values], "ci95": [...]}, 10: ...,
+    20: ...}
     plot_regression("curve.png", curve, baseline_curve, example_fits(learner, source, baseline=pre))
 
-Each point of a curve is the engine's protocol (:func:`metalab.engine.evaluate.evaluate`): the mean MSE
-over a fixed set of test tasks and its 95% interval, here after ``steps = 0..max_steps`` inner steps on
+Each point of a curve is the engine's protocol (:func:`metalab.engine.evaluate.evaluate`): the mean
+MSE
+over a fixed set of test tasks and its 95% interval, here after ``steps = 0..max_steps`` inner steps
+on
 K support points (``learner.predict(episode, steps=k)``). The task sets are a function of (split, K,
 queries, count, seed) only, so MAML and the pre-trained baseline are measured on the same tasks, and
 the K = 5, 10, 20 sets share their sinusoids (see :mod:`metalab.tasks.sinusoid`).
@@ -15,25 +18,34 @@ pretrained.yaml), a run of its own: ``metalab eval MAML_RUN --baseline PRETRAINE
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from metalab.algorithms.base import MetaLearner
-from metalab.tasks.sinusoid import sinusoid
 from metalab.engine.evaluate import evaluate
 from metalab.tasks.episodes import Episode, fixed_episodes
+from metalab.tasks.sinusoid import sinusoid
 
 SHOTS = (5, 10, 20)  # K of the paper's curves
 MAX_STEPS = 10  # the paper's curves: 0..10 gradient steps at test time
 Curve = dict[int, dict[str, list[float]]]  # K → {"mse": [step 0..max], "ci95": [...]}
 
 
-def regression_curve(learner: MetaLearner, source: Any, shots_list: Sequence[int] = SHOTS,
-                     max_steps: int = MAX_STEPS, queries: int = 100, count: int = 600, seed: int = 0,
-                     batch: int = 100) -> Curve:
-    """Mean MSE (and 95% interval) over ``count`` fixed tasks after 0..``max_steps`` inner steps, per K.
+def regression_curve(
+    learner: MetaLearner,
+    source: Any,
+    shots_list: Sequence[int] = SHOTS,
+    max_steps: int = MAX_STEPS,
+    queries: int = 100,
+    count: int = 600,
+    seed: int = 0,
+    batch: int = 100,
+) -> Curve:
+    """Mean MSE (and 95% interval) over ``count`` fixed tasks after 0..``max_steps`` inner steps,
+    per K.
 
     ``learner.predict`` must accept ``steps`` (every optimization method does)."""
     curve: Curve = {}
@@ -45,11 +57,20 @@ def regression_curve(learner: MetaLearner, source: Any, shots_list: Sequence[int
 
 
 @torch.no_grad()
-def example_fits(learner: MetaLearner, source: Any, baseline: MetaLearner | None = None, shots: int = 5,
-                 tasks: int = 2, steps: Sequence[int] = (0, 1, MAX_STEPS), seed: int = 0,
-                 points: int = 200) -> list[dict[str, Any]]:
-    """Fits on a fixed set of ``tasks`` K-shot tasks (a function of split, K, count and seed): the true
-    function and each model's prediction on a grid of x after the given step counts (the baseline after
+def example_fits(
+    learner: MetaLearner,
+    source: Any,
+    baseline: MetaLearner | None = None,
+    shots: int = 5,
+    tasks: int = 2,
+    steps: Sequence[int] = (0, 1, MAX_STEPS),
+    seed: int = 0,
+    points: int = 200,
+) -> list[dict[str, Any]]:
+    """Fits on a fixed set of ``tasks`` K-shot tasks (a function of split, K, count and seed): the
+    true
+    function and each model's prediction on a grid of x after the given step counts (the baseline
+    after
     the last one only)."""
     fixed = fixed_episodes(source, 0, shots, 1, tasks, seed)
     lo, hi = source.x_range
@@ -57,7 +78,9 @@ def example_fits(learner: MetaLearner, source: Any, baseline: MetaLearner | None
     truth = sinusoid(fixed.amplitude, fixed.phase, grid)
     support = next(fixed.batches(tasks))
     device = support.support_x.device
-    episode = Episode(support.support_x, support.support_y, grid.to(device), truth.to(device), ways=0)
+    episode = Episode(
+        support.support_x, support.support_y, grid.to(device), truth.to(device), ways=0
+    )
     models = [(type(learner).__name__.lower(), learner, list(steps))]
     if baseline is not None:
         models.append(("pretrained", baseline, [steps[-1]]))
@@ -66,23 +89,40 @@ def example_fits(learner: MetaLearner, source: Any, baseline: MetaLearner | None
     try:
         for _, m, _ in models:
             m.eval()
-        predictions = {f"{name}, {s} step{'s' * (s != 1)}": m.predict(episode, steps=s).cpu()
-                       for name, m, counts in models for s in counts}
+        predictions = {
+            f"{name}, {s} step{'s' * (s != 1)}": m.predict(episode, steps=s).cpu()
+            for name, m, counts in models
+            for s in counts
+        }
     finally:
         for m, mode in was:
             m.train(mode)
     for i in range(tasks):
-        fits.append({"x": grid[i, :, 0], "truth": truth[i, :, 0], "support_x": support.support_x[i, :, 0].cpu(),
-                     "support_y": support.support_y[i, :, 0].cpu(),
-                     "predictions": {label: p[i, :, 0] for label, p in predictions.items()},
-                     "amplitude": float(fixed.amplitude[i]), "phase": float(fixed.phase[i])})
+        fits.append(
+            {
+                "x": grid[i, :, 0],
+                "truth": truth[i, :, 0],
+                "support_x": support.support_x[i, :, 0].cpu(),
+                "support_y": support.support_y[i, :, 0].cpu(),
+                "predictions": {label: p[i, :, 0] for label, p in predictions.items()},
+                "amplitude": float(fixed.amplitude[i]),
+                "phase": float(fixed.phase[i]),
+            }
+        )
     return fits
 
 
-def plot_regression(path: str | Path, curve: Curve, baseline_curve: Curve | None, fits: list[dict[str, Any]],
-                    title: str = "sinusoid regression") -> Path:
-    """A PNG: MSE against inner steps for each K (shaded 95% intervals; the baseline dashed), then one
-    panel per example fit. Drawn with matplotlib's Agg canvas (no display, no global backend change)."""
+def plot_regression(
+    path: str | Path,
+    curve: Curve,
+    baseline_curve: Curve | None,
+    fits: list[dict[str, Any]],
+    title: str = "sinusoid regression",
+) -> Path:
+    """A PNG: MSE against inner steps for each K (shaded 95% intervals; the baseline dashed), then
+    one
+    panel per example fit. Drawn with matplotlib's Agg canvas (no display, no global backend
+    change)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -94,7 +134,10 @@ def plot_regression(path: str | Path, curve: Curve, baseline_curve: Curve | None
     colors = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"]
     for j, (k, row) in enumerate(sorted(curve.items())):
         c = colors[j % len(colors)]
-        for rows, style, who in ((row, "-", "meta-learned"), ((baseline_curve or {}).get(k), "--", "pretrained")):
+        for rows, style, who in (
+            (row, "-", "meta-learned"),
+            ((baseline_curve or {}).get(k), "--", "pretrained"),
+        ):
             if rows is None:
                 continue
             steps = list(range(len(rows["mse"])))
@@ -110,7 +153,13 @@ def plot_regression(path: str | Path, curve: Curve, baseline_curve: Curve | None
         ax.plot(fit["x"], fit["truth"], color="black", linewidth=2, label="ground truth")
         for label, p in fit["predictions"].items():
             ax.plot(fit["x"], p, "--" if label.startswith("pretrained") else "-", label=label)
-        ax.scatter(fit["support_x"], fit["support_y"], color="red", zorder=5, label=f"{len(fit['support_x'])} support points")
+        ax.scatter(
+            fit["support_x"],
+            fit["support_y"],
+            color="red",
+            zorder=5,
+            label=f"{len(fit['support_x'])} support points",
+        )
         ax.set_title(f"A = {fit['amplitude']:.2f}, φ = {fit['phase']:.2f}")
         ax.set_xlabel("x")
         ax.legend(fontsize=7)
@@ -119,10 +168,18 @@ def plot_regression(path: str | Path, curve: Curve, baseline_curve: Curve | None
     return path
 
 
-def regression_report(learner: MetaLearner, source: Any, e: Any, baseline: MetaLearner | None, plot: str | Path,
-                      shots: Sequence[int] | None = None) -> dict[str, Any]:
-    """What ``metalab eval`` adds for a regression run: the curve (MSE and 95% interval by step 0..10 for
-    each K), the baseline's curve on the same tasks (or None), and the PNG plot's path. ``e`` is the run's
+def regression_report(
+    learner: MetaLearner,
+    source: Any,
+    e: Any,
+    baseline: MetaLearner | None,
+    plot: str | Path,
+    shots: Sequence[int] | None = None,
+) -> dict[str, Any]:
+    """What ``metalab eval`` adds for a regression run: the curve (MSE and 95% interval by step
+    0..10 for
+    each K), the baseline's curve on the same tasks (or None), and the PNG plot's path. ``e`` is the
+    run's
     evaluation config (queries, episodes, seed, batch)."""
     shots_list = tuple(shots or SHOTS)
     options = dict(queries=e.queries, count=e.episodes, seed=e.seed, batch=e.batch)
@@ -130,6 +187,12 @@ def regression_report(learner: MetaLearner, source: Any, e: Any, baseline: MetaL
     base = None if baseline is None else regression_curve(baseline, source, shots_list, **options)
     fits = example_fits(learner, source, baseline, shots=min(shots_list), seed=e.seed)
     path = plot_regression(plot, curve, base, fits, title=f"{source.name}, {e.episodes} tasks")
-    as_json = lambda c: {str(k): {key: [round(v, 4) for v in row[key]] for key in ("mse", "ci95")}  # noqa: E731
-                         for k, row in c.items()}
-    return {"curve": as_json(curve), "baseline_curve": None if base is None else as_json(base), "plot": str(path)}
+    as_json = lambda c: {
+        str(k): {key: [round(v, 4) for v in row[key]] for key in ("mse", "ci95")}  # noqa: E731
+        for k, row in c.items()
+    }
+    return {
+        "curve": as_json(curve),
+        "baseline_curve": None if base is None else as_json(base),
+        "plot": str(path),
+    }

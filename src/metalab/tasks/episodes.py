@@ -6,23 +6,27 @@ An :class:`Episode` holds B tasks at once (B = 1 is fine)::
     query_x   (B, N*Q, C, H, W)   query_y   (B, N*Q)
 
 Support and query are class-major: example j of class n sits at n*K + j (n*Q + j). Sampling draws
-only indices, with an explicit CPU ``torch.Generator`` (so the same seed gives the same tasks on every
+only indices, with an explicit CPU ``torch.Generator`` (so the same seed gives the same tasks on
+every
 device); the images are then gathered on the dataset's own device in one indexing operation.
 
-A :class:`FixedEpisodes` set is a pure function of (dataset split, ways, shots, queries, count, seed):
+A :class:`FixedEpisodes` set is a pure function of (dataset split, ways, shots, queries, count,
+seed):
 every algorithm evaluated with the same arguments sees exactly the same episodes, so methods can be
 compared pairwise.
 
 Other task sources: a regression source (sinusoid, :mod:`metalab.tasks.sinusoid`) has float targets
-``support_y (B, K, 1)``, ``query_y (B, Q, 1)`` and ``ways = 0``; it supplies its own sampler and fixed
+``support_y (B, K, 1)``, ``query_y (B, Q, 1)`` and ``ways = 0``; it supplies its own sampler and
+fixed
 sets. Code that serves any source (the engine, ``MetaLearner.train_sampler``) goes through
 :func:`episode_sampler`, :func:`fixed_episodes`, :func:`input_shape` and :func:`is_regression`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -46,17 +50,28 @@ class Episode:
     def tasks(self) -> int:
         return self.support_x.shape[0]
 
-    def to(self, device: torch.device | str) -> "Episode":
+    def to(self, device: torch.device | str) -> Episode:
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
-        return Episode(move(self.support_x), move(self.support_y), move(self.query_x), move(self.query_y),
-                       self.ways, move(self.classes))
+        return Episode(
+            move(self.support_x),
+            move(self.support_y),
+            move(self.query_x),
+            move(self.query_y),
+            self.ways,
+            move(self.classes),
+        )
 
-    def task(self, i: int) -> "Episode":
+    def task(self, i: int) -> Episode:
         """Task i alone, as an episode batch of one."""
         sl = slice(i, i + 1)
-        return replace(self, support_x=self.support_x[sl], support_y=self.support_y[sl],
-                       query_x=self.query_x[sl], query_y=self.query_y[sl],
-                       classes=None if self.classes is None else self.classes[sl])
+        return replace(
+            self,
+            support_x=self.support_x[sl],
+            support_y=self.support_y[sl],
+            query_x=self.query_x[sl],
+            query_y=self.query_y[sl],
+            classes=None if self.classes is None else self.classes[sl],
+        )
 
 
 def to_float(images: Tensor) -> Tensor:
@@ -65,7 +80,8 @@ def to_float(images: Tensor) -> Tensor:
 
 
 class EpisodeSampler:
-    """Draws batches of N-way K-shot Q-query tasks: no class twice in a task, no image twice in a task.
+    """Draws batches of N-way K-shot Q-query tasks: no class twice in a task, no image twice in a
+    task.
 
     Args:
         dataset: the split to sample from (its tensors may live on any device).
@@ -74,15 +90,28 @@ class EpisodeSampler:
         within_group: draw all N classes of a task from one group (an Omniglot alphabet).
     """
 
-    def __init__(self, dataset: ClassIndexedDataset, ways: int, shots: int, queries: int,
-                 meta_batch: int = 1, within_group: bool = False) -> None:
-        for flag, value, low in (("--ways", ways, 1), ("--shots", shots, 1), ("--queries", queries, 0),
-                                 ("--meta-batch", meta_batch, 1)):
+    def __init__(
+        self,
+        dataset: ClassIndexedDataset,
+        ways: int,
+        shots: int,
+        queries: int,
+        meta_batch: int = 1,
+        within_group: bool = False,
+    ) -> None:
+        for flag, value, low in (
+            ("--ways", ways, 1),
+            ("--shots", shots, 1),
+            ("--queries", queries, 0),
+            ("--meta-batch", meta_batch, 1),
+        ):
             if value < low:
                 raise DataError(f"{flag} {value} is invalid: it must be at least {low}")
         if ways > dataset.num_classes:
-            raise DataError(f"--ways {ways} but {dataset.name} has only {dataset.num_classes} classes; "
-                            f"use at most {dataset.num_classes} ways")
+            raise DataError(
+                f"--ways {ways} but {dataset.name} has only {dataset.num_classes} classes; "
+                f"use at most {dataset.num_classes} ways"
+            )
         dataset.require_images_per_class(shots + queries, f"--shots {shots} + --queries {queries}")
         self.dataset, self.ways, self.shots, self.queries = dataset, ways, shots, queries
         self.meta_batch, self.within_group = meta_batch, within_group
@@ -93,10 +122,14 @@ class EpisodeSampler:
             sizes = torch.bincount(self._groups, minlength=len(dataset.group_names))
             self._eligible = (sizes >= ways).nonzero().flatten()
             if len(self._eligible) == 0:
-                raise DataError(f"--ways {ways} with within-group episodes, but no group of {dataset.name} "
-                                f"has {ways} classes (largest: {int(sizes.max())}); lower --ways")
+                raise DataError(
+                    f"--ways {ways} with within-group episodes, but no group of {dataset.name} "
+                    f"has {ways} classes (largest: {int(sizes.max())}); lower --ways"
+                )
 
-    def sample_indices(self, generator: torch.Generator, tasks: int | None = None) -> tuple[Tensor, Tensor]:
+    def sample_indices(
+        self, generator: torch.Generator, tasks: int | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Class ids (B, N) and image indices (B, N, K+Q) into ``dataset.images``, on the CPU."""
         b = self.meta_batch if tasks is None else tasks
         n, m = self.ways, self.shots + self.queries
@@ -104,7 +137,9 @@ class EpisodeSampler:
         if self.within_group:
             pick = self._eligible[torch.randint(len(self._eligible), (b,), generator=generator)]
             keys = keys.masked_fill(self._groups[None, :] != pick[:, None], 2.0)
-        classes = keys.argsort(dim=1)[:, :n]  # (B, N): a uniformly random ordered choice of N classes
+        classes = keys.argsort(dim=1)[
+            :, :n
+        ]  # (B, N): a uniformly random ordered choice of N classes
         counts = self._counts[classes]  # (B, N)
         most = int(counts.max())
         keys = torch.rand(b, n, most, generator=generator)
@@ -121,8 +156,14 @@ class EpisodeSampler:
         y = torch.arange(n, device=device).view(1, n, 1)
         support_y = y.expand(b, n, k).reshape(b, n * k)
         query_y = y.expand(b, n, q).reshape(b, n * q)
-        return Episode(x[:, :, :k].flatten(1, 2), support_y, x[:, :, k:].flatten(1, 2), query_y, n,
-                       classes.to(device))
+        return Episode(
+            x[:, :, :k].flatten(1, 2),
+            support_y,
+            x[:, :, k:].flatten(1, 2),
+            query_y,
+            n,
+            classes.to(device),
+        )
 
     def sample(self, generator: torch.Generator) -> Episode:
         return self.gather(*self.sample_indices(generator))
@@ -135,8 +176,16 @@ class FixedEpisodes:
     to evaluate it, nor on the device.
     """
 
-    def __init__(self, dataset: ClassIndexedDataset, ways: int, shots: int, queries: int, count: int,
-                 seed: int, within_group: bool = False) -> None:
+    def __init__(
+        self,
+        dataset: ClassIndexedDataset,
+        ways: int,
+        shots: int,
+        queries: int,
+        count: int,
+        seed: int,
+        within_group: bool = False,
+    ) -> None:
         if count < 1:
             raise DataError(f"--episodes {count} is invalid: evaluate at least one episode")
         self.sampler = EpisodeSampler(dataset, ways, shots, queries, 1, within_group)
@@ -153,21 +202,40 @@ class FixedEpisodes:
         return self.count
 
 
-# Any task source: a ClassIndexedDataset here; another source (sinusoid regression) by its own methods
-# ``episode_sampler(ways, shots, queries, meta_batch, within_group)`` and ``fixed_episodes(ways, shots,
-# queries, count, seed, within_group)``, which check their arguments (a regression source rejects ways ≠ 0).
+# Any task source: a ClassIndexedDataset here; another source (sinusoid regression) by its own
+# methods
+# ``episode_sampler(ways, shots, queries, meta_batch, within_group)`` and ``fixed_episodes(ways,
+# shots,
+# queries, count, seed, within_group)``, which check their arguments (a regression source rejects
+# ways ≠ 0).
 
-def episode_sampler(source: Any, ways: int, shots: int, queries: int, meta_batch: int = 1,
-                    within_group: bool = False) -> Any:
-    """Training episode batches from any task source (an object with ``sample(generator) -> Episode``)."""
+
+def episode_sampler(
+    source: Any,
+    ways: int,
+    shots: int,
+    queries: int,
+    meta_batch: int = 1,
+    within_group: bool = False,
+) -> Any:
+    """Training episode batches from any task source (an object with ``sample(generator) ->
+    Episode``)."""
     if isinstance(source, ClassIndexedDataset):
         return EpisodeSampler(source, ways, shots, queries, meta_batch, within_group)
     return source.episode_sampler(ways, shots, queries, meta_batch, within_group)
 
 
-def fixed_episodes(source: Any, ways: int, shots: int, queries: int, count: int, seed: int,
-                   within_group: bool = False) -> Any:
-    """A fixed evaluation set from any task source (``batches(batch_size)``, ``len``): a pure function of
+def fixed_episodes(
+    source: Any,
+    ways: int,
+    shots: int,
+    queries: int,
+    count: int,
+    seed: int,
+    within_group: bool = False,
+) -> Any:
+    """A fixed evaluation set from any task source (``batches(batch_size)``, ``len``): a pure
+    function of
     (split, ways, shots, queries, count, seed), the same for every algorithm and device."""
     if isinstance(source, ClassIndexedDataset):
         return FixedEpisodes(source, ways, shots, queries, count, seed, within_group)
@@ -176,9 +244,12 @@ def fixed_episodes(source: Any, ways: int, shots: int, queries: int, count: int,
 
 def input_shape(source: Any) -> tuple[int, ...]:
     """The shape of one input example: (C, H, W) for images, (1,) for sinusoid regression."""
-    return source.image_shape if isinstance(source, ClassIndexedDataset) else tuple(source.input_shape)
+    return (
+        source.image_shape if isinstance(source, ClassIndexedDataset) else tuple(source.input_shape)
+    )
 
 
 def is_regression(source: Any) -> bool:
-    """Whether the source's tasks are regression tasks (float targets, episodes with ``ways = 0``)."""
+    """Whether the source's tasks are regression tasks (float targets, episodes with ``ways =
+    0``)."""
     return bool(getattr(source, "regression", False))

@@ -2,29 +2,31 @@
 
 A :class:`PairBatch` of P pairs is balanced: the first P/2 pairs show two different images of one
 class (``same = 1``), the last P/2 images of two different classes (``same = 0``). Like the episode
-sampler, :class:`PairSampler` draws only indices, with an explicit CPU ``torch.Generator``, and gathers
+sampler, :class:`PairSampler` draws only indices, with an explicit CPU ``torch.Generator``, and
+gathers
 the images on the dataset's device as floats in [0, 1]; an optional ``transform(images, generator)``
 (e.g. random affine distortions) is applied to each side of the batch.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
 
 from metalab.data.base import ClassIndexedDataset
-from metalab.tasks.episodes import to_float
 from metalab.errors import DataError
+from metalab.tasks.episodes import to_float
 
 Transform = Callable[[Tensor, torch.Generator], Tensor]
 
 
 @dataclass
 class PairBatch:
-    """P image pairs: x1, x2 (P, C, H, W) floats in [0, 1]; same (P,) 1.0 for one class, 0.0 for two."""
+    """P image pairs: x1, x2 (P, C, H, W) floats in [0, 1]; same (P,) 1.0 for one class, 0.0 for
+    two."""
 
     x1: Tensor
     x2: Tensor
@@ -47,31 +49,57 @@ class PairSampler:
         transform: applied to x1 and x2 after gathering, as ``transform(images, generator)``.
     """
 
-    def __init__(self, dataset: ClassIndexedDataset, batch_size: int, within_group: bool = False,
-                 transform: Transform | None = None) -> None:
+    def __init__(
+        self,
+        dataset: ClassIndexedDataset,
+        batch_size: int,
+        within_group: bool = False,
+        transform: Transform | None = None,
+    ) -> None:
         if batch_size < 2 or batch_size % 2:
-            raise DataError(f"pair batch size {batch_size} is invalid: it must be even and at least 2 "
-                            f"(half same-class, half different-class pairs)")
+            raise DataError(
+                f"pair batch size {batch_size} is invalid: it must be even and at least 2 "
+                f"(half same-class, half different-class pairs)"
+            )
         if dataset.num_classes < 2:
-            raise DataError(f"{dataset.name} has {dataset.num_classes} class; different-class pairs need at least 2")
+            raise DataError(
+                f"{dataset.name} has {dataset.num_classes} class; different-class pairs need at "
+                "least 2"
+            )
         dataset.require_images_per_class(2, "a same-class pair")
-        self.dataset, self.batch_size, self.within_group, self.transform = dataset, batch_size, within_group, transform
+        self.dataset, self.batch_size, self.within_group, self.transform = (
+            dataset,
+            batch_size,
+            within_group,
+            transform,
+        )
         self._offsets, self._counts = dataset.offsets.cpu(), dataset.counts.cpu()
         # Classes sorted by group: group g's classes are _members[_start[g] : _start[g] + _size[g]].
-        groups = dataset.groups.cpu() if within_group else torch.zeros(dataset.num_classes, dtype=torch.int64)
+        groups = (
+            dataset.groups.cpu()
+            if within_group
+            else torch.zeros(dataset.num_classes, dtype=torch.int64)
+        )
         self._groups = groups
         self._members = groups.argsort(stable=True)
         self._size = torch.bincount(groups)
         self._start = torch.cumsum(self._size, 0) - self._size
         self._rank = torch.empty_like(self._members)
-        self._rank[self._members] = torch.arange(dataset.num_classes) - self._start[groups[self._members]]
-        self._first = (self._size[groups] >= 2).nonzero().flatten()  # classes a different pair may start from
+        self._rank[self._members] = (
+            torch.arange(dataset.num_classes) - self._start[groups[self._members]]
+        )
+        self._first = (
+            (self._size[groups] >= 2).nonzero().flatten()
+        )  # classes a different pair may start from
         if len(self._first) == 0:
-            raise DataError(f"within-group pairs, but no group of {dataset.name} has 2 classes; "
-                            f"set data.within_group: false")
+            raise DataError(
+                f"within-group pairs, but no group of {dataset.name} has 2 classes; "
+                f"set data.within_group: false"
+            )
 
     def sample_indices(self, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
-        """Image indices i1, i2 (P,) into ``dataset.images`` and the labels same (P,), on the CPU."""
+        """Image indices i1, i2 (P,) into ``dataset.images`` and the labels same (P,), on the
+        CPU."""
         half = self.batch_size // 2
         # Same: a class, then two distinct images of it.
         c = torch.randint(self.dataset.num_classes, (half,), generator=generator)
@@ -79,10 +107,13 @@ class PairSampler:
         a = _below(count, generator)
         b = (a + 1 + _below(count - 1, generator)) % count
         same1, same2 = self._offsets[c] + a, self._offsets[c] + b
-        # Different: a class, then another class of its group (of the whole set unless within_group).
+        # Different: a class, then another class of its group (of the whole set unless
+        # within_group).
         c1 = self._first[torch.randint(len(self._first), (half,), generator=generator)]
         g, size = self._groups[c1], self._size[self._groups[c1]]
-        c2 = self._members[self._start[g] + (self._rank[c1] + 1 + _below(size - 1, generator)) % size]
+        c2 = self._members[
+            self._start[g] + (self._rank[c1] + 1 + _below(size - 1, generator)) % size
+        ]
         diff1 = self._offsets[c1] + _below(self._counts[c1], generator)
         diff2 = self._offsets[c2] + _below(self._counts[c2], generator)
         same = torch.cat([torch.ones(half), torch.zeros(half)])

@@ -1,5 +1,6 @@
 """Dataset builders by name: a run's ``data:`` config and a split name → a task source: a
-ClassIndexedDataset for images, a :class:`~metalab.tasks.sinusoid.SinusoidTasks` for sinusoid regression."""
+ClassIndexedDataset for images, a :class:`~metalab.tasks.sinusoid.SinusoidTasks` for sinusoid
+regression."""
 
 from __future__ import annotations
 
@@ -7,14 +8,17 @@ from pathlib import Path
 
 from metalab.config import DataConfig
 from metalab.data.base import ClassIndexedDataset, Preprocess
-from metalab.tasks.sinusoid import SPLITS as SINUSOID_SPLITS, SinusoidTasks
 from metalab.errors import ConfigError, DataError
 from metalab.registry import DATASETS
+from metalab.tasks.sinusoid import SPLITS as SINUSOID_SPLITS
+from metalab.tasks.sinusoid import SinusoidTasks
 
 
 def _data_dir(data: DataConfig) -> Path:
     if not data.data_dir:
-        raise DataError("no data directory given: pass --data-dir DIR (the folder that holds the dataset)")
+        raise DataError(
+            "no data directory given: pass --data-dir DIR (the folder that holds the dataset)"
+        )
     return Path(data.data_dir).expanduser()
 
 
@@ -23,8 +27,14 @@ def omniglot_split(data: DataConfig, split: str) -> ClassIndexedDataset:
     from metalab.data.omniglot import load_omniglot
 
     rotations = None if data.rotations is None else tuple(data.rotations)
-    return load_omniglot(_data_dir(data), data.scheme, split, image_size=data.image_size,
-                         rotations=rotations, download=data.download)
+    return load_omniglot(
+        _data_dir(data),
+        data.scheme,
+        split,
+        image_size=data.image_size,
+        rotations=rotations,
+        download=data.download,
+    )
 
 
 @DATASETS.register("folder")
@@ -34,19 +44,26 @@ def folder_split(data: DataConfig, split: str) -> ClassIndexedDataset:
 
     root = _data_dir(data) / split
     if not root.is_dir():
-        raise DataError(f"{root} not found: a folder dataset needs {root.parent}/{split}/<class>/<images>")
+        raise DataError(
+            f"{root} not found: a folder dataset needs {root.parent}/{split}/<class>/<images>"
+        )
     return load_image_folder(root, preprocess_of(data), name=f"folder-{split}")
 
 
 @DATASETS.register("sinusoid")
 def sinusoid_split(data: DataConfig, split: str) -> SinusoidTasks:
-    """Sinusoid regression (Finn et al. 2017, §5.1): no files; the split only changes fixed-set seeds."""
+    """Sinusoid regression (Finn et al. 2017, §5.1): no files; the split only changes fixed-set
+    seeds."""
     if split not in SINUSOID_SPLITS:
-        raise DataError(f"split '{split}' is unknown for sinusoid; choices: {', '.join(SINUSOID_SPLITS)}")
+        raise DataError(
+            f"split '{split}' is unknown for sinusoid; choices: {', '.join(SINUSOID_SPLITS)}"
+        )
     return SinusoidTasks(split)
 
 
-sinusoid_split.splits = SINUSOID_SPLITS  # a builder's `splits`: the splits it offers without looking at files
+sinusoid_split.splits = (
+    SINUSOID_SPLITS  # a builder's `splits`: the splits it offers without looking at files
+)
 
 
 def preprocess_of(data: DataConfig) -> Preprocess:
@@ -59,12 +76,15 @@ def preprocess_of(data: DataConfig) -> Preprocess:
 
 
 def split_names(data: DataConfig) -> tuple[str, ...]:
-    """The splits a dataset config offers (the trainer validates only where a 'val' split exists)."""
+    """The splits a dataset config offers (the trainer validates only where a 'val' split
+    exists)."""
     if data.dataset == "omniglot":
         from metalab.data.omniglot import SCHEMES
 
         if data.scheme not in SCHEMES:
-            raise ConfigError(f"data.scheme '{data.scheme}' is unknown; choices: {', '.join(SCHEMES)}")
+            raise ConfigError(
+                f"data.scheme '{data.scheme}' is unknown; choices: {', '.join(SCHEMES)}"
+            )
         return SCHEMES[data.scheme]
     fixed = getattr(DATASETS.get(data.dataset), "splits", None)
     if fixed is not None:

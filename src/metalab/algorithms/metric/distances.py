@@ -1,7 +1,9 @@
-"""Shared parts of the metric family: similarities, per-class reductions, and a network's output shape.
+"""Shared parts of the metric family: similarities, per-class reductions, and a network's output
+shape.
 
 A metric method scores every query against every support example (B, M, S) and then reduces the
-scores of each class's support examples to one score per class (B, M, N). Labels are 0..N-1 per task,
+scores of each class's support examples to one score per class (B, M, N). Labels are 0..N-1 per
+task,
 in any order and with any number of shots per class (every class needs at least one).
 """
 
@@ -16,11 +18,14 @@ from metalab.errors import ConfigError
 
 def cosine_similarity(query: Tensor, support: Tensor, eps: float = 1e-8) -> Tensor:
     """cos(q_m, s_i) for every pair: (B, M, D), (B, S, D) → (B, M, S)."""
-    return F.normalize(query, dim=-1, eps=eps) @ F.normalize(support, dim=-1, eps=eps).transpose(1, 2)
+    return F.normalize(query, dim=-1, eps=eps) @ F.normalize(support, dim=-1, eps=eps).transpose(
+        1, 2
+    )
 
 
 def class_sums(support: Tensor, labels: Tensor, ways: int) -> Tensor:
-    """Sum of each class's support items of any trailing shape: (B, S, ...), (B, S) → (B, N, ...)."""
+    """Sum of each class's support items of any trailing shape: (B, S, ...), (B, S) → (B, N,
+    ...)."""
     one_hot = F.one_hot(labels, ways).to(support.dtype)  # (B, S, N)
     return (one_hot.transpose(1, 2) @ support.flatten(2)).unflatten(2, support.shape[2:])
 
@@ -28,7 +33,8 @@ def class_sums(support: Tensor, labels: Tensor, ways: int) -> Tensor:
 def per_class(scores: Tensor, labels: Tensor, ways: int, reduce: str) -> Tensor:
     """Reduce the scores of each class's support examples: (B, M, S), (B, S) → (B, M, N).
 
-    ``reduce``: ``max`` or ``logsumexp`` (log Σ exp, so that ``logsumexp − logsumexp over all S`` is the
+    ``reduce``: ``max`` or ``logsumexp`` (log Σ exp, so that ``logsumexp − logsumexp over all S`` is
+    the
     log of the class's total softmax weight).
     """
     member = F.one_hot(labels, ways).bool()[:, None]  # (B, 1, S, N)
@@ -41,9 +47,11 @@ def per_class(scores: Tensor, labels: Tensor, ways: int, reduce: str) -> Tensor:
 
 
 def output_shape(net: nn.Module, input_shape: tuple[int, ...], what: str) -> tuple[int, ...]:
-    """Shape of ``net``'s output for one input, e.g. (64,) or (64, 7, 7): a probe in eval mode, no grad.
+    """Shape of ``net``'s output for one input, e.g. (64,) or (64, 7, 7): a probe in eval mode, no
+    grad.
 
-    An input too small for the net's pooling raises a ConfigError naming ``what`` and the input shape.
+    An input too small for the net's pooling raises a ConfigError naming ``what`` and the input
+    shape.
     """
     was_training = net.training
     net.eval()  # BatchNorm uses (and does not update) its running statistics
@@ -51,7 +59,9 @@ def output_shape(net: nn.Module, input_shape: tuple[int, ...], what: str) -> tup
         with torch.no_grad():
             return tuple(net(torch.zeros(1, *input_shape)).shape[1:])
     except RuntimeError:
-        raise ConfigError(f"images of shape {tuple(input_shape)} are too small for {what}; "
-                          f"use a larger data.image_size") from None
+        raise ConfigError(
+            f"images of shape {tuple(input_shape)} are too small for {what}; "
+            f"use a larger data.image_size"
+        ) from None
     finally:
         net.train(was_training)

@@ -32,19 +32,21 @@ from torch import Tensor, nn
 
 from metalab.algorithms.base import MetaLearner, StepOutput, classification_step
 from metalab.algorithms.metric.distances import cosine_similarity, output_shape, per_class
-from metalab.tasks.episodes import Episode
 from metalab.errors import ConfigError
 from metalab.models import build_backbone
 from metalab.registry import ALGORITHMS
+from metalab.tasks.episodes import Episode
 
 
 def attention(query: Tensor, support: Tensor, scale: float = 1.0) -> Tensor:
-    """Eq. (2): softmax over the support of scaled cosine similarities. (B, M, D), (B, S, D) → (B, M, S)."""
+    """Eq. (2): softmax over the support of scaled cosine similarities. (B, M, D), (B, S, D) → (B,
+    M, S)."""
     return (scale * cosine_similarity(query, support)).softmax(-1)
 
 
 def attention_log_probs(scores: Tensor, labels: Tensor, ways: int) -> Tensor:
-    """Eq. (1) on a log scale: log Σ_{i: y_i = n} softmax(scores)_i. (B, M, S), (B, S) → (B, M, N)."""
+    """Eq. (1) on a log scale: log Σ_{i: y_i = n} softmax(scores)_i. (B, M, S), (B, S) → (B, M,
+    N)."""
     return per_class(scores, labels, ways, "logsumexp") - scores.logsumexp(-1, keepdim=True)
 
 
@@ -55,7 +57,9 @@ class FullContextEmbedding(nn.Module):
         super().__init__()
         self.steps = steps
         self.support_lstm = nn.LSTM(dim, dim, batch_first=True, bidirectional=True)
-        self.query_cell = nn.LSTMCell(2 * dim, dim)  # input [f'(x̂), r_{k−1}], state (h_{k−1}, c_{k−1})
+        self.query_cell = nn.LSTMCell(
+            2 * dim, dim
+        )  # input [f'(x̂), r_{k−1}], state (h_{k−1}, c_{k−1})
 
     def support(self, g: Tensor) -> Tensor:
         """g(x_i, S) = h→_i + h←_i + g'(x_i): (B, S, D) → (B, S, D)."""
@@ -64,13 +68,16 @@ class FullContextEmbedding(nn.Module):
         return forward + backward + g
 
     def query(self, f: Tensor, g: Tensor) -> Tensor:
-        """f(x̂, S) = h_K of the attention LSTM: (B, M, D), (B, S, D) context-embedded support → (B, M, D)."""
+        """f(x̂, S) = h_K of the attention LSTM: (B, M, D), (B, S, D) context-embedded support → (B,
+        M, D)."""
         b, m, d = f.shape
         flat = f.reshape(b * m, d)
         h, c = f, torch.zeros_like(flat)  # h_0 = ĥ_0 + f' with ĥ_0 = 0
         for _ in range(self.steps):
             read = (h @ g.transpose(1, 2)).softmax(-1) @ g  # r_{k−1}: (B, M, D)
-            h_hat, c = self.query_cell(torch.cat([flat, read.reshape(b * m, d)], -1), (h.reshape(b * m, d), c))
+            h_hat, c = self.query_cell(
+                torch.cat([flat, read.reshape(b * m, d)], -1), (h.reshape(b * m, d), c)
+            )
             h = h_hat.view(b, m, d) + f
         return h
 
@@ -85,14 +92,20 @@ class MatchingNet(MetaLearner):
         fce: bool = False  # Full Context Embeddings (the paper's appendix)
         fce_steps: int = 5  # K, read steps of the attention LSTM (FCE only)
 
-    def __init__(self, options: "MatchingNet.Config", input_shape: tuple[int, ...]) -> None:
+    def __init__(self, options: MatchingNet.Config, input_shape: tuple[int, ...]) -> None:
         super().__init__()
         if options.fce_steps < 1:
-            raise ConfigError(f"algorithm.fce_steps {options.fce_steps} is invalid: it must be at least 1")
+            raise ConfigError(
+                f"algorithm.fce_steps {options.fce_steps} is invalid: it must be at least 1"
+            )
         if options.cosine_scale <= 0:
-            raise ConfigError(f"algorithm.cosine_scale {options.cosine_scale} is invalid: it must be positive")
+            raise ConfigError(
+                f"algorithm.cosine_scale {options.cosine_scale} is invalid: it must be positive"
+            )
         self.options = options
-        self.encoder = build_backbone(options.backbone, in_channels=input_shape[0], hidden=options.hidden)
+        self.encoder = build_backbone(
+            options.backbone, in_channels=input_shape[0], hidden=options.hidden
+        )
         self.context = None
         if options.fce:
             (dim,) = output_shape(self.encoder, input_shape, f"backbone '{options.backbone}'")
@@ -105,7 +118,9 @@ class MatchingNet(MetaLearner):
     def logits(self, episode: Episode) -> Tensor:
         """log ŷ: (B, N*Q, N) log attention mass on each class."""
         s = episode.support_x.shape[1]
-        z = self.embed(torch.cat([episode.support_x, episode.query_x], dim=1))  # one pass, as in ProtoNet
+        z = self.embed(
+            torch.cat([episode.support_x, episode.query_x], dim=1)
+        )  # one pass, as in ProtoNet
         g, f = z[:, :s], z[:, s:]  # (B, S, D), (B, M, D)
         if self.context is not None:
             g = self.context.support(g)
@@ -114,7 +129,9 @@ class MatchingNet(MetaLearner):
         return attention_log_probs(scores, episode.support_y, episode.ways)
 
     def meta_loss(self, episode: Episode) -> StepOutput:
-        return classification_step(self.logits(episode), episode.query_y)  # log-probabilities: CE = NLL
+        return classification_step(
+            self.logits(episode), episode.query_y
+        )  # log-probabilities: CE = NLL
 
     def predict(self, episode: Episode) -> Tensor:
         return self.logits(episode)

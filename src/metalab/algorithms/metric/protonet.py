@@ -22,14 +22,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from metalab.algorithms.base import MetaLearner, StepOutput, classification_step
-from metalab.tasks.episodes import Episode
 from metalab.errors import ConfigError
 from metalab.models import build_backbone
 from metalab.registry import ALGORITHMS
+from metalab.tasks.episodes import Episode
 
 
 def prototypes(support: Tensor, labels: Tensor, ways: int) -> Tensor:
-    """Eq. (1): class means of the support embeddings. (B, S, D), (B, S) → (B, N, D); any shots per class."""
+    """Eq. (1): class means of the support embeddings. (B, S, D), (B, S) → (B, N, D); any shots per
+    class."""
     one_hot = F.one_hot(labels, ways).to(support.dtype)  # (B, S, N)
     return one_hot.transpose(1, 2) @ support / one_hot.sum(1)[..., None]
 
@@ -48,12 +49,16 @@ class ProtoNet(MetaLearner):
         distance: str = "euclidean"  # euclidean (paper) | cosine
         cosine_scale: float = 10.0  # logits = cosine_scale · cos(f(x), c_k) when distance = cosine
 
-    def __init__(self, options: "ProtoNet.Config", input_shape: tuple[int, ...]) -> None:
+    def __init__(self, options: ProtoNet.Config, input_shape: tuple[int, ...]) -> None:
         super().__init__()
         if options.distance not in ("euclidean", "cosine"):
-            raise ConfigError(f"algorithm.distance '{options.distance}' is unknown; choices: euclidean, cosine")
+            raise ConfigError(
+                f"algorithm.distance '{options.distance}' is unknown; choices: euclidean, cosine"
+            )
         self.options = options
-        self.encoder = build_backbone(options.backbone, in_channels=input_shape[0], hidden=options.hidden)
+        self.encoder = build_backbone(
+            options.backbone, in_channels=input_shape[0], hidden=options.hidden
+        )
 
     def embed(self, x: Tensor) -> Tensor:
         """(B, M, C, H, W) → (B, M, D)."""
@@ -66,7 +71,11 @@ class ProtoNet(MetaLearner):
         protos = prototypes(z[:, :s], episode.support_y, episode.ways)
         query = z[:, s:]
         if self.options.distance == "cosine":
-            return self.options.cosine_scale * F.normalize(query, dim=-1) @ F.normalize(protos, dim=-1).transpose(1, 2)
+            return (
+                self.options.cosine_scale
+                * F.normalize(query, dim=-1)
+                @ F.normalize(protos, dim=-1).transpose(1, 2)
+            )
         return -squared_euclidean(query, protos)
 
     def meta_loss(self, episode: Episode) -> StepOutput:
@@ -74,4 +83,3 @@ class ProtoNet(MetaLearner):
 
     def predict(self, episode: Episode) -> Tensor:
         return self.logits(episode)
-

@@ -1,6 +1,7 @@
 """Relation Networks (Sung, Yang, Zhang, Xiang, Torr & Hospedales, CVPR 2018).
 
-An embedding module f_φ maps images to feature maps; a relation module g_φ scores each (class, query)
+An embedding module f_φ maps images to feature maps; a relation module g_φ scores each (class,
+query)
 pair from their depth-wise concatenation C(·, ·) (eq. 1):
 ``r_{i,j} = g_φ(C(f_φ(x_i), f_φ(x_j)))``, a relation score in [0, 1] (a sigmoid). For K-shot, the
 class's feature map is the element-wise sum of the embeddings of its K support examples. Training
@@ -8,11 +9,15 @@ regresses the scores on the one-hot match with mean squared error (eq. 2):
 ``Σ_i Σ_j (r_{i,j} − 1(y_i == y_j))²``, averaged over the pairs as in the authors' code. ``predict``
 returns the relation module's pre-sigmoid output (B, N*Q, N), the logit of r (the same ranking).
 
-Architecture (Omniglot, Fig. 2): the embedding module is four blocks of 3×3 convolution (64 filters),
-BatchNorm and ReLU, the first two followed by 2×2 max-pooling; the relation module is two such blocks,
-both pooled, over the 128-channel concatenation [class, query], then fully connected layers of 8 units
+Architecture (Omniglot, Fig. 2): the embedding module is four blocks of 3×3 convolution (64
+filters),
+BatchNorm and ReLU, the first two followed by 2×2 max-pooling; the relation module is two such
+blocks,
+both pooled, over the 128-channel concatenation [class, query], then fully connected layers of 8
+units
 (ReLU) and 1 unit (sigmoid). Paper defaults: Adam 1e-3 halved every 100,000 episodes; training
-episodes of the test's ways and shots with 19 / 15 / 10 / 5 queries per class for 5w1s / 5w5s / 20w1s /
+episodes of the test's ways and shots with 19 / 15 / 10 / 5 queries per class for 5w1s / 5w5s /
+20w1s /
 20w5s. Paper (Table 1): 99.6 / 99.8 / 97.6 / 99.1.
 
 Deviations: the blocks are metalab's ``conv_block``, which pads every convolution by 1 (the authors'
@@ -31,17 +36,22 @@ from torch import Tensor, nn
 
 from metalab.algorithms.base import MetaLearner, StepOutput, accuracy
 from metalab.algorithms.metric.distances import class_sums, output_shape
-from metalab.tasks.episodes import Episode
 from metalab.models import conv_block
 from metalab.registry import ALGORITHMS
+from metalab.tasks.episodes import Episode
 
 
 def relation_pairs(classes: Tensor, queries: Tensor) -> Tensor:
     """C(class_n, query_m), class first: (B, N, C, h, w), (B, M, C, h, w) → (B, M, N, 2C, h, w)."""
     b, n = classes.shape[:2]
     m = queries.shape[1]
-    return torch.cat([classes[:, None].expand(b, m, n, *classes.shape[2:]),
-                      queries[:, :, None].expand(b, m, n, *queries.shape[2:])], dim=3)
+    return torch.cat(
+        [
+            classes[:, None].expand(b, m, n, *classes.shape[2:]),
+            queries[:, :, None].expand(b, m, n, *queries.shape[2:]),
+        ],
+        dim=3,
+    )
 
 
 class RelationModule(nn.Module):
@@ -50,8 +60,12 @@ class RelationModule(nn.Module):
     def __init__(self, feature_shape: tuple[int, ...], hidden: int, fc_hidden: int) -> None:
         super().__init__()
         channels = feature_shape[0]
-        self.blocks = nn.Sequential(conv_block(2 * channels, hidden), conv_block(hidden, hidden), nn.Flatten())
-        (flat,) = output_shape(self.blocks, (2 * channels, *feature_shape[1:]), "the relation module")
+        self.blocks = nn.Sequential(
+            conv_block(2 * channels, hidden), conv_block(hidden, hidden), nn.Flatten()
+        )
+        (flat,) = output_shape(
+            self.blocks, (2 * channels, *feature_shape[1:]), "the relation module"
+        )
         self.fc = nn.Sequential(nn.Linear(flat, fc_hidden), nn.ReLU(), nn.Linear(fc_hidden, 1))
 
     def forward(self, pairs: Tensor) -> Tensor:
@@ -63,15 +77,23 @@ class RelationNet(MetaLearner):
     @dataclass
     class Config:
         hidden: int = 64  # filters of every conv block (embedding and relation modules)
-        fc_hidden: int = 8  # units of the relation module's first fully connected layer (Omniglot: 8)
+        fc_hidden: int = (
+            8  # units of the relation module's first fully connected layer (Omniglot: 8)
+        )
 
-    def __init__(self, options: "RelationNet.Config", input_shape: tuple[int, ...]) -> None:
+    def __init__(self, options: RelationNet.Config, input_shape: tuple[int, ...]) -> None:
         super().__init__()
         self.options = options
         h = options.hidden
-        self.encoder = nn.Sequential(conv_block(input_shape[0], h), conv_block(h, h),
-                                     conv_block(h, h, pool=False), conv_block(h, h, pool=False))
-        feature_shape = output_shape(self.encoder, input_shape, "the relation network's embedding module")
+        self.encoder = nn.Sequential(
+            conv_block(input_shape[0], h),
+            conv_block(h, h),
+            conv_block(h, h, pool=False),
+            conv_block(h, h, pool=False),
+        )
+        feature_shape = output_shape(
+            self.encoder, input_shape, "the relation network's embedding module"
+        )
         self.relation = RelationModule(feature_shape, h, options.fc_hidden)
 
     def embed(self, x: Tensor) -> Tensor:
@@ -82,7 +104,9 @@ class RelationNet(MetaLearner):
         """(B, N*Q, N) pre-sigmoid relation scores of every (query, class) pair."""
         s = episode.support_x.shape[1]
         z = self.embed(torch.cat([episode.support_x, episode.query_x], dim=1))
-        classes = class_sums(z[:, :s], episode.support_y, episode.ways)  # (B, N, hidden, h, w): K-shot sum
+        classes = class_sums(
+            z[:, :s], episode.support_y, episode.ways
+        )  # (B, N, hidden, h, w): K-shot sum
         pairs = relation_pairs(classes, z[:, s:])  # (B, M, N, 2·hidden, h, w)
         return self.relation(pairs.flatten(0, 2)).view(pairs.shape[:3])
 

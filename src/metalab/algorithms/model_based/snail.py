@@ -1,13 +1,15 @@
 """SNAIL: A Simple Neural Attentive Meta-Learner (Mishra, Rohaninejad, Chen & Abbeel, ICLR 2018).
 
-A task is one sequence: the N·K support pairs (embedded image, one-hot label), then a query whose label
+A task is one sequence: the N·K support pairs (embedded image, one-hot label), then a query whose
+label
 slot is zeros; the network's output at the query position is its class scores. Two kinds of causal
 layers are interleaved (§3, Appendix B):
 
 * DenseBlock(R, D): ``xf, xg = CausalConv(X, dilation R, D filters)`` (kernel 2),
   ``X ← concat(X, tanh(xf) ⊙ σ(xg))``; a TCBlock(T, D) stacks ⌈log₂ T⌉ dense blocks;
 * AttentionBlock(K, V): keys, query (size K) and values (size V) are affine maps of X,
-  ``X ← concat(X, softmax(mask(q kᵀ) / √K) v)`` with the causal mask (position t sees positions ≤ t).
+  ``X ← concat(X, softmax(mask(q kᵀ) / √K) v)`` with the causal mask (position t sees positions ≤
+  t).
 
 Omniglot architecture (Appendix B): an embedding of 4 blocks {3×3 conv, 64 filters, BatchNorm, leaky
 ReLU 0.01, 2×2 max-pool} and a fully connected layer to 64 features; then AttentionBlock(64, 32),
@@ -18,9 +20,11 @@ convolution to N outputs, with T = N·K + 1. Reported (Table 1): 99.07 / 99.78 /
 Queries share their support prefix: every layer maps (prefix (B, S, C), tail (B, M, C)) to both, the
 prefix causally, each of the M query positions from the prefix and itself only — exactly the
 computation of M separate sequences (support + one query), with the prefix computed once.
-Deviations: dilations 1, 2, 4, … (the paper's pseudocode starts at 2, which reaches only even offsets);
+Deviations: dilations 1, 2, 4, … (the paper's pseudocode starts at 2, which reaches only even
+offsets);
 training episodes have the support in a random order per task, evaluation one fixed interleaving
-(:func:`metalab.tasks.sequences.support_order`); train and test ways must be equal (one output per label).
+(:func:`metalab.tasks.sequences.support_order`); train and test ways must be equal (one output per
+label).
 """
 
 from __future__ import annotations
@@ -35,20 +39,27 @@ from torch import Tensor, nn
 from metalab.algorithms.base import MetaLearner, StepOutput, classification_step, require_equal_ways
 from metalab.config import Config, algorithm_options
 from metalab.data.base import ClassIndexedDataset
-from metalab.tasks.episodes import Episode, EpisodeSampler
 from metalab.errors import ConfigError
 from metalab.registry import ALGORITHMS
+from metalab.tasks.episodes import Episode, EpisodeSampler
 from metalab.tasks.sequences import ShuffledSupportSampler, support_order
 
 Pair = tuple[Tensor, Tensor]  # (prefix (B, S, C), tail (B, M, C))
 
 
-def embedding(in_channels: int, hidden: int, features: int, input_shape: tuple[int, ...]) -> nn.Sequential:
-    """Appendix B: 4 × {conv 3×3, BatchNorm, leaky ReLU 0.01, max-pool 2×2}, then FC. (n, C, H, W) → (n, features)."""
+def embedding(
+    in_channels: int, hidden: int, features: int, input_shape: tuple[int, ...]
+) -> nn.Sequential:
+    """Appendix B: 4 × {conv 3×3, BatchNorm, leaky ReLU 0.01, max-pool 2×2}, then FC. (n, C, H, W) →
+    (n, features)."""
     layers: list[nn.Module] = []
     for i in range(4):
-        layers += [nn.Conv2d(in_channels if i == 0 else hidden, hidden, 3, padding=1), nn.BatchNorm2d(hidden),
-                   nn.LeakyReLU(0.01), nn.MaxPool2d(2)]
+        layers += [
+            nn.Conv2d(in_channels if i == 0 else hidden, hidden, 3, padding=1),
+            nn.BatchNorm2d(hidden),
+            nn.LeakyReLU(0.01),
+            nn.MaxPool2d(2),
+        ]
     convs = nn.Sequential(*layers, nn.Flatten())
     with torch.no_grad():
         flat = convs(torch.zeros(2, *input_shape)).shape[-1]
@@ -56,7 +67,8 @@ def embedding(in_channels: int, hidden: int, features: int, input_shape: tuple[i
 
 
 class DenseBlock(nn.Module):
-    """Causal convolution (kernel 2, ``dilation``) with a gated activation, concatenated to the input."""
+    """Causal convolution (kernel 2, ``dilation``) with a gated activation, concatenated to the
+    input."""
 
     def __init__(self, channels: int, dilation: int, filters: int) -> None:
         super().__init__()
@@ -72,9 +84,13 @@ class DenseBlock(nn.Module):
         b, s, c = prefix.shape
         d = self.dilation
         past = F.pad(prefix, (0, 0, d, 0))[:, :s]  # x_{t−d}, zeros before the start
-        tail_past = prefix[:, s - d] if s >= d else prefix.new_zeros(b, c)  # the query sits at position s
-        return (torch.cat([prefix, self.gated(past, prefix)], -1),
-                torch.cat([tail, self.gated(tail_past[:, None].expand_as(tail), tail)], -1))
+        tail_past = (
+            prefix[:, s - d] if s >= d else prefix.new_zeros(b, c)
+        )  # the query sits at position s
+        return (
+            torch.cat([prefix, self.gated(past, prefix)], -1),
+            torch.cat([tail, self.gated(tail_past[:, None].expand_as(tail), tail)], -1),
+        )
 
 
 class AttentionBlock(nn.Module):
@@ -93,18 +109,25 @@ class AttentionBlock(nn.Module):
         logits = self.query(prefix) @ k.transpose(1, 2) * self.scale  # (B, S, S)
         causal = torch.ones(s, s, dtype=torch.bool, device=prefix.device).tril()
         read = logits.masked_fill(~causal, float("-inf")).softmax(-1) @ v
-        q_t, k_t, v_t = self.query(tail), self.key(tail), self.value(tail)  # each query: the prefix and itself
-        tail_logits = torch.cat([q_t @ k.transpose(1, 2), (q_t * k_t).sum(-1, keepdim=True)], -1) * self.scale
+        q_t, k_t, v_t = (
+            self.query(tail),
+            self.key(tail),
+            self.value(tail),
+        )  # each query: the prefix and itself
+        tail_logits = (
+            torch.cat([q_t @ k.transpose(1, 2), (q_t * k_t).sum(-1, keepdim=True)], -1) * self.scale
+        )
         p = tail_logits.softmax(-1)  # (B, M, S + 1)
         tail_read = p[..., :s] @ v + p[..., s:] * v_t
         return torch.cat([prefix, read], -1), torch.cat([tail, tail_read], -1)
 
 
 def tc_block(channels: int, length: int, filters: int) -> tuple[list[nn.Module], int]:
-    """TCBlock(T, D): ⌈log₂ T⌉ dense blocks with dilations 1, 2, 4, …; returns them and the output channels."""
+    """TCBlock(T, D): ⌈log₂ T⌉ dense blocks with dilations 1, 2, 4, …; returns them and the output
+    channels."""
     blocks = []
     for i in range(max(1, math.ceil(math.log2(length)))):
-        blocks.append(DenseBlock(channels, 2 ** i, filters))
+        blocks.append(DenseBlock(channels, 2**i, filters))
         channels += filters
     return blocks, channels
 
@@ -116,14 +139,20 @@ class SNAIL(MetaLearner):
         hidden: int = 64  # embedding conv filters (paper: 64)
         features: int = 64  # embedding size (paper: 64)
         tc_filters: int = 128  # D of both TC blocks (paper: 128)
-        attention: list[list[int]] | None = None  # (key, value) sizes of the 3 attention blocks; None: paper's
+        attention: list[list[int]] | None = (
+            None  # (key, value) sizes of the 3 attention blocks; None: paper's
+        )
 
-    def __init__(self, options: "SNAIL.Config", input_shape: tuple[int, ...], ways: int = 5, shots: int = 1) -> None:
+    def __init__(
+        self, options: SNAIL.Config, input_shape: tuple[int, ...], ways: int = 5, shots: int = 1
+    ) -> None:
         super().__init__()
         sizes = options.attention or [[64, 32], [256, 128], [512, 256]]
         if len(sizes) != 3 or any(len(kv) != 2 or min(kv) < 1 for kv in sizes):
-            raise ConfigError(f"algorithm.attention {options.attention} is invalid: give three [key, value] "
-                              f"size pairs, e.g. [[64, 32], [256, 128], [512, 256]]")
+            raise ConfigError(
+                f"algorithm.attention {options.attention} is invalid: give three [key, value] "
+                f"size pairs, e.g. [[64, 32], [256, 128], [512, 256]]"
+            )
         self.options, self.ways = options, ways
         self.embed = embedding(input_shape[0], options.hidden, options.features, input_shape)
         length = ways * shots + 1  # T
@@ -138,22 +167,27 @@ class SNAIL(MetaLearner):
         self.out = nn.Linear(c, ways)  # the final 1×1 convolution
 
     @classmethod
-    def from_config(cls, cfg: Config, input_shape: tuple[int, ...]) -> "SNAIL":
+    def from_config(cls, cfg: Config, input_shape: tuple[int, ...]) -> SNAIL:
         require_equal_ways(cfg, "has one label input and output per way")
         return cls(algorithm_options(cfg, cls.Config), input_shape, cfg.train.ways, cfg.train.shots)
 
     def train_sampler(self, split: ClassIndexedDataset, cfg: Config) -> ShuffledSupportSampler:
         t = cfg.train
-        return ShuffledSupportSampler(EpisodeSampler(split, t.ways, t.shots, t.queries, t.meta_batch,
-                                                     cfg.data.within_group))
+        return ShuffledSupportSampler(
+            EpisodeSampler(split, t.ways, t.shots, t.queries, t.meta_batch, cfg.data.within_group)
+        )
 
     def sequence(self, episode: Episode) -> Pair:
         """Per-position outputs: support prefix (B, S, N) and every query after it (B, M, N)."""
         if episode.ways != self.ways:
-            raise ConfigError(f"the episodes have {episode.ways} ways but this SNAIL has {self.ways} label "
-                              f"units; evaluate with --ways {self.ways}")
+            raise ConfigError(
+                f"the episodes have {episode.ways} ways but this SNAIL has {self.ways} label "
+                f"units; evaluate with --ways {self.ways}"
+            )
         b, s = episode.support_y.shape
-        z = self.embed(torch.cat([episode.support_x, episode.query_x], 1).flatten(0, 1)).unflatten(0, (b, -1))
+        z = self.embed(torch.cat([episode.support_x, episode.query_x], 1).flatten(0, 1)).unflatten(
+            0, (b, -1)
+        )
         labels = F.one_hot(episode.support_y, self.ways).to(z.dtype)  # (B, S, N)
         prefix = torch.cat([z[:, :s], labels], -1)
         tail = F.pad(z[:, s:], (0, self.ways))  # the query's label slot: zeros

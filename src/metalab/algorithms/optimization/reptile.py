@@ -1,24 +1,35 @@
 """Reptile (Nichol, Achiam & Schulman, 2018, "On First-Order Meta-Learning Algorithms").
 
-For each task of a meta-batch, run k steps of SGD or Adam from the initialisation θ on the support set,
-giving φ̃_i; then move θ towards the adapted weights (Algorithm 2): ``θ ← θ + ε · mean_i(φ̃_i − θ)``.
+For each task of a meta-batch, run k steps of SGD or Adam from the initialisation θ on the support
+set,
+giving φ̃_i; then move θ towards the adapted weights (Algorithm 2): ``θ ← θ + ε · mean_i(φ̃_i −
+θ)``.
 
-Through the engine's contract: ``meta_loss`` returns the surrogate ``mean_i ½‖θ − stopgrad(φ̃_i)‖²``,
+Through the engine's contract: ``meta_loss`` returns the surrogate ``mean_i ½‖θ −
+stopgrad(φ̃_i)‖²``,
 whose gradient w.r.t. θ is ``mean_i(θ − φ̃_i)``. With ``train.optimizer: sgd``, ``momentum: 0`` and
-``lr: ε`` the engine's step is exactly Reptile's outer update (``lr`` is the paper's outer step size ε).
+``lr: ε`` the engine's step is exactly Reptile's outer update (``lr`` is the paper's outer step size
+ε).
 The tasks' inner loops run in parallel with ``torch.func.vmap`` (``parallel: vmap``) or one after
 another (``loop``); ``auto`` (default) times both on the first batch of each shape and keeps the
 faster (:class:`metalab.functional.AutoParallel`). No gradient flows through them.
 
-Paper defaults (Omniglot 5-way 1-shot, appendix A; the same flags as the 1-shot 5-way Omniglot commands
-in openai/supervised-reptile's README): Adam in the inner loop (β1 = 0) with rate 1e-3, 5 inner iterations
-on mini-batches of 10 from 10 training shots per class, meta-batch 5, outer step 1.0 annealed linearly to
-0 over 100K iterations; at test 50 iterations on mini-batches of 5. Paper (Table 2): 95.39 ± 0.09 (5w1s),
+Paper defaults (Omniglot 5-way 1-shot, appendix A; the same flags as the 1-shot 5-way Omniglot
+commands
+in openai/supervised-reptile's README): Adam in the inner loop (β1 = 0) with rate 1e-3, 5 inner
+iterations
+on mini-batches of 10 from 10 training shots per class, meta-batch 5, outer step 1.0 annealed
+linearly to
+0 over 100K iterations; at test 50 iterations on mini-batches of 5. Paper (Table 2): 95.39 ± 0.09
+(5w1s),
 97.68 ± 0.04 with transduction.
 
-Evaluation: ``transductive: true`` scores the whole query set in one batch (BatchNorm statistics of the
-query set); ``false`` scores each query example in a batch with the support set, as the authors' code
-does, so no query sees another. Deviations: inner mini-batches cycle through the support set in a fixed
+Evaluation: ``transductive: true`` scores the whole query set in one batch (BatchNorm statistics of
+the
+query set); ``false`` scores each query example in a batch with the support set, as the authors'
+code
+does, so no query sees another. Deviations: inner mini-batches cycle through the support set in a
+fixed
 interleaved order (every class in every mini-batch) instead of reshuffling; the outer step's linear
 annealing is approximated by ``train.lr_schedule`` (cosine, or constant).
 """
@@ -35,13 +46,14 @@ from metalab import functional as fn
 from metalab.algorithms.base import MetaLearner, StepOutput, accuracy
 from metalab.algorithms.optimization.maml import build_network, check_ways
 from metalab.config import Config, algorithm_options
-from metalab.tasks.episodes import Episode
 from metalab.errors import ConfigError
 from metalab.registry import ALGORITHMS
+from metalab.tasks.episodes import Episode
 
 
 def interleave(n: int, per_class: int) -> Tensor:
-    """Class-major order (n*K + j) → example-major (j*N + n): consecutive slices cover every class."""
+    """Class-major order (n*K + j) → example-major (j*N + n): consecutive slices cover every
+    class."""
     return torch.arange(n * per_class).view(n, per_class).t().flatten()
 
 
@@ -54,20 +66,31 @@ class Reptile(MetaLearner):
         inner_optimizer: str = "adam"  # adam (paper, β1 = 0) | sgd
         inner_lr: float = 0.001  # paper: Adam 1e-3
         inner_steps: int = 5  # paper: 5 inner iterations in training
-        inner_batch: int = 10  # support examples per inner step (paper: 10); 0 = the whole support set
+        inner_batch: int = (
+            10  # support examples per inner step (paper: 10); 0 = the whole support set
+        )
         eval_inner_steps: int = 50  # paper: 50 at test
         eval_inner_batch: int = 5  # paper: 5 at test
         adam_beta1: float = 0.0  # paper: 0
         adam_beta2: float = 0.999
-        transductive: bool = True  # score the query set as one batch (paper's better-scoring variant)
+        transductive: bool = (
+            True  # score the query set as one batch (paper's better-scoring variant)
+        )
         parallel: str = "auto"  # tasks: vmap | loop | auto (the faster, timed on the first batch)
 
-    def __init__(self, options: "Reptile.Config", input_shape: tuple[int, ...], ways: int = 5) -> None:
+    def __init__(
+        self, options: Reptile.Config, input_shape: tuple[int, ...], ways: int = 5
+    ) -> None:
         super().__init__()
         if options.inner_optimizer not in ("adam", "sgd"):
-            raise ConfigError(f"algorithm.inner_optimizer '{options.inner_optimizer}' is unknown; choices: adam, sgd")
+            raise ConfigError(
+                f"algorithm.inner_optimizer '{options.inner_optimizer}' is unknown; choices: "
+                "adam, sgd"
+            )
         if options.parallel not in ("auto", "vmap", "loop"):
-            raise ConfigError(f"algorithm.parallel '{options.parallel}' is unknown; choices: auto, vmap, loop")
+            raise ConfigError(
+                f"algorithm.parallel '{options.parallel}' is unknown; choices: auto, vmap, loop"
+            )
         self.options, self.ways = options, ways
         self.auto = fn.AutoParallel()  # parallel: auto's measured choices
         self.net = build_network(options.backbone, options.hidden, input_shape, ways)
@@ -77,9 +100,9 @@ class Reptile(MetaLearner):
         check_ways(cfg)
         return cls(algorithm_options(cfg, cls.Config), input_shape, cfg.train.ways)
 
-
     def adapt(self, params: fn.Params, sx: Tensor, sy: Tensor, steps: int, batch: int) -> fn.Params:
-        """k steps of SGD or Adam (Kingma & Ba 2015) on one task's support set: (S, C, H, W), (S,) → φ̃."""
+        """k steps of SGD or Adam (Kingma & Ba 2015) on one task's support set: (S, C, H, W), (S,) →
+        φ̃."""
         o, s = self.options, sx.shape[0]
         batch = s if batch <= 0 else min(batch, s)
         order = interleave(self.ways, s // self.ways).to(sx.device)
@@ -88,7 +111,9 @@ class Reptile(MetaLearner):
         for i in range(steps):
             idx = order[(torch.arange(batch, device=sx.device) + i * batch) % s]
             x, y = sx[idx], sy[idx]
-            grads = fn.func_grad(lambda p: F.cross_entropy(fn.call(self.net, p, x), y), params, True)
+            grads = fn.func_grad(
+                lambda p: F.cross_entropy(fn.call(self.net, p, x), y), params, True
+            )
             if o.inner_optimizer == "sgd":
                 params = {k: p - o.inner_lr * grads[k] for k, p in params.items()}
                 continue
@@ -96,11 +121,15 @@ class Reptile(MetaLearner):
             m = {k: b1 * m[k] + (1 - b1) * g for k, g in grads.items()}
             v = {k: b2 * v[k] + (1 - b2) * g * g for k, g in grads.items()}
             c1, c2 = 1 - b1 ** (i + 1), 1 - b2 ** (i + 1)
-            params = {k: p - o.inner_lr * (m[k] / c1) / ((v[k] / c2).sqrt() + 1e-8) for k, p in params.items()}
+            params = {
+                k: p - o.inner_lr * (m[k] / c1) / ((v[k] / c2).sqrt() + 1e-8)
+                for k, p in params.items()
+            }
         return params
 
     def scores(self, fast: fn.Params, sx: Tensor, qx: Tensor) -> Tensor:
-        """Query logits (M, N) with the adapted weights: transductively, or each query with the support set."""
+        """Query logits (M, N) with the adapted weights: transductively, or each query with the
+        support set."""
         if qx.shape[0] == 0:  # training episodes without queries
             return qx.new_zeros(0, self.ways)
         if self.options.transductive:
@@ -109,10 +138,13 @@ class Reptile(MetaLearner):
         return torch.func.vmap(one)(qx)
 
     def run(self, episode: Episode, steps: int, batch: int) -> tuple[fn.Params, Tensor]:
-        """Adapted weights of every task (each (B, ...)) and query logits (B, N*Q, N); no gradients."""
+        """Adapted weights of every task (each (B, ...)) and query logits (B, N*Q, N); no
+        gradients."""
         if episode.ways != self.ways:
-            raise ConfigError(f"the episodes have {episode.ways} ways but this Reptile model's head has "
-                              f"{self.ways} outputs; evaluate with --ways {self.ways}")
+            raise ConfigError(
+                f"the episodes have {episode.ways} ways but this Reptile model's head has "
+                f"{self.ways} outputs; evaluate with --ways {self.ways}"
+            )
         params = {k: p.detach() for k, p in fn.parameters(self.net).items()}
 
         def task(sx: Tensor, sy: Tensor, qx: Tensor) -> tuple[fn.Params, Tensor]:
@@ -124,7 +156,9 @@ class Reptile(MetaLearner):
             if impl == "vmap":
                 return torch.func.vmap(task)(e.support_x, e.support_y, e.query_x)
             outs = [task(e.support_x[i], e.support_y[i], e.query_x[i]) for i in range(e.tasks)]
-            return {k: torch.stack([f[k] for f, _ in outs]) for k in params}, torch.stack([q for _, q in outs])
+            return {k: torch.stack([f[k] for f, _ in outs]) for k in params}, torch.stack(
+                [q for _, q in outs]
+            )
 
         with torch.no_grad():
             impl = self.options.parallel
@@ -138,7 +172,11 @@ class Reptile(MetaLearner):
         theta = fn.parameters(self.net)
         # ½ Σ_params ‖θ − φ̃_i‖², averaged over tasks: its gradient is mean_i(θ − φ̃_i).
         loss = sum(0.5 * (theta[k][None] - fast[k]).pow(2).sum() for k in theta) / episode.tasks
-        metrics = {"accuracy": accuracy(logits, episode.query_y).mean()} if episode.query_y.shape[1] else {}
+        metrics = (
+            {"accuracy": accuracy(logits, episode.query_y).mean()}
+            if episode.query_y.shape[1]
+            else {}
+        )
         return StepOutput(loss, metrics)
 
     def predict(self, episode: Episode) -> Tensor:

@@ -1,5 +1,7 @@
-"""Baseline and Baseline++ (Chen, Liu, Kira, Wang & Huang, "A Closer Look at Few-shot Classification",
-ICLR 2019), with the frozen-embedding classifiers of Tian, Wang, Krishnan, Tenenbaum & Isola ("Rethinking
+"""Baseline and Baseline++ (Chen, Liu, Kira, Wang & Huang, "A Closer Look at Few-shot
+Classification",
+ICLR 2019), with the frozen-embedding classifiers of Tian, Wang, Krishnan, Tenenbaum & Isola
+("Rethinking
 Few-Shot Image Classification: a Good Embedding Is All You Need?", ECCV 2020).
 
 Pre-training (Chen et al. §3.1, "training stage"): a backbone f and a classifier over all C training
@@ -10,18 +12,25 @@ classes, trained with cross-entropy on ordinary mini-batches of the training spl
 - Baseline++ (§3.2): ``logits_c = s · cos(f(x), w_c)``, the cosine similarity to each class's weight
   vector, scaled by s (the authors' code: s = 2 for at most 200 classes, else 10; ``cosine_scale``).
 
-Test time (§3.1, "fine-tuning stage"): f is frozen, the support set is embedded once and a new head of
+Test time (§3.1, "fine-tuning stage"): f is frozen, the support set is embedded once and a new head
+of
 the same kind over the task's N ways is trained on the support embeddings and labels only: SGD with
-learning rate 0.01, momentum 0.9, dampening 0.9, weight decay 1e-3, mini-batches of 4 support examples,
-100 passes over the support set — the authors' code (``methods/baselinefinetune.py``; the paper's text
-says "100 iterations with a batch size of 4"; the code runs 100 epochs, which we follow). The tasks of
-an episode batch are fine-tuned independently and in parallel (a head per task, batched matrix products);
+learning rate 0.01, momentum 0.9, dampening 0.9, weight decay 1e-3, mini-batches of 4 support
+examples,
+100 passes over the support set — the authors' code (``methods/baselinefinetune.py``; the paper's
+text
+says "100 iterations with a batch size of 4"; the code runs 100 epochs, which we follow). The tasks
+of
+an episode batch are fine-tuned independently and in parallel (a head per task, batched matrix
+products);
 each task's head initialisation and mini-batch order come from a generator seeded by the task's own
 support set, so evaluation is reproducible and does not depend on how episodes are batched.
 
 Options:
-    ``finetune_backbone: true`` fine-tunes backbone and head together on the support set (one task after
-    another, on functional copies of the weights: the trained model itself never changes; BatchNorm uses
+    ``finetune_backbone: true`` fine-tunes backbone and head together on the support set (one task
+    after
+    another, on functional copies of the weights: the trained model itself never changes; BatchNorm
+    uses
     its running statistics, as in eval mode).
     ``classifier: logistic`` — Tian et al. 2020: multinomial logistic regression on L2-normalised
     embeddings, scikit-learn's objective ``Σ CE + ||W||² / (2C)`` (C = ``logistic_c`` = 1, bias not
@@ -29,9 +38,12 @@ Options:
     ``classifier: centroid`` — nearest centroid on L2-normalised embeddings: logits are the negative
     squared distances to the class means of the normalised support embeddings.
 
-Paper defaults (Omniglot): Conv-4 on 28×28 images, Adam with learning rate 1e-3, batch 16, 5 epochs over
-the 4112 rotated training classes (the authors' ``train.py``). Deviations: the cosine head is the paper's
-plain cosine (the authors' code also learns a norm per class through weight normalisation); pre-training
+Paper defaults (Omniglot): Conv-4 on 28×28 images, Adam with learning rate 1e-3, batch 16, 5 epochs
+over
+the 4112 rotated training classes (the authors' ``train.py``). Deviations: the cosine head is the
+paper's
+plain cosine (the authors' code also learns a norm per class through weight normalisation);
+pre-training
 batches are drawn uniformly at random instead of by shuffled epochs (see :mod:`metalab.tasks.flat`).
 """
 
@@ -50,18 +62,19 @@ from metalab.algorithms.base import MetaLearner, StepOutput, accuracy
 from metalab.algorithms.metric.protonet import prototypes, squared_euclidean
 from metalab.config import Config
 from metalab.data.base import ClassIndexedDataset
-from metalab.tasks.episodes import Episode
 from metalab.errors import ConfigError
-from metalab.tasks.flat import FlatBatch, FlatBatchSampler
 from metalab.models import build_backbone
 from metalab.registry import ALGORITHMS
+from metalab.tasks.episodes import Episode
+from metalab.tasks.flat import FlatBatch, FlatBatchSampler
 
 HEADS = ("linear", "cosine")
 CLASSIFIERS = ("finetune", "logistic", "centroid")
 
 
 def authors_cosine_scale(classes: int) -> float:
-    """The scale s of the authors' cosine head: 2 for at most 200 classes, 10 above (Omniglot's 4112)."""
+    """The scale s of the authors' cosine head: 2 for at most 200 classes, 10 above (Omniglot's
+    4112)."""
     return 2.0 if classes <= 200 else 10.0
 
 
@@ -76,10 +89,19 @@ def head_logits(kind: str, params: dict[str, Tensor], z: Tensor, scale: float) -
     return z @ w.transpose(-1, -2) + params["bias"].unsqueeze(-2)
 
 
-def sgd_step(params: dict[str, Tensor], grads: dict[str, Tensor], buffers: dict[str, Tensor], lr: float,
-             momentum: float, dampening: float, weight_decay: float) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """One step of ``torch.optim.SGD`` (no Nesterov) on tensors: ``d = g + λp``; ``v = d`` at the first step,
-    then ``v = μv + (1 − dampening)d``; ``p = p − lr·v``. Returns the new parameters and momentum buffers."""
+def sgd_step(
+    params: dict[str, Tensor],
+    grads: dict[str, Tensor],
+    buffers: dict[str, Tensor],
+    lr: float,
+    momentum: float,
+    dampening: float,
+    weight_decay: float,
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """One step of ``torch.optim.SGD`` (no Nesterov) on tensors: ``d = g + λp``; ``v = d`` at the
+    first step,
+    then ``v = μv + (1 − dampening)d``; ``p = p − lr·v``. Returns the new parameters and momentum
+    buffers."""
     new_params, new_buffers = {}, {}
     for k, p in params.items():
         d = grads[k] + weight_decay * p
@@ -89,19 +111,30 @@ def sgd_step(params: dict[str, Tensor], grads: dict[str, Tensor], buffers: dict[
 
 
 def nearest_centroid_logits(support: Tensor, labels: Tensor, ways: int, query: Tensor) -> Tensor:
-    """Tian et al. 2020's nearest centroid on L2-normalised embeddings: (B, S, D), (B, S), (B, M, D) → (B, M, N)."""
+    """Tian et al. 2020's nearest centroid on L2-normalised embeddings: (B, S, D), (B, S), (B, M, D)
+    → (B, M, N)."""
     centroids = prototypes(F.normalize(support, dim=-1), labels, ways)  # (B, N, D)
     return -squared_euclidean(F.normalize(query, dim=-1), centroids)
 
 
-def logistic_regression(z: Tensor, y: Tensor, ways: int, c: float = 1.0, steps: int = 100) -> dict[str, Tensor]:
-    """Multinomial logistic regression of one task (Tian et al. 2020; scikit-learn's objective and solver):
-    minimise ``Σ_i CE(W z_i + b, y_i) + ||W||² / (2c)`` with L-BFGS from zero. (S, D), (S,) → weight (N, D), bias (N,)."""
+def logistic_regression(
+    z: Tensor, y: Tensor, ways: int, c: float = 1.0, steps: int = 100
+) -> dict[str, Tensor]:
+    """Multinomial logistic regression of one task (Tian et al. 2020; scikit-learn's objective and
+    solver):
+    minimise ``Σ_i CE(W z_i + b, y_i) + ||W||² / (2c)`` with L-BFGS from zero. (S, D), (S,) → weight
+    (N, D), bias (N,)."""
     z64 = z.detach().double()
     w = torch.zeros(ways, z.shape[-1], dtype=torch.float64, device=z.device, requires_grad=True)
     b = torch.zeros(ways, dtype=torch.float64, device=z.device, requires_grad=True)
-    solver = torch.optim.LBFGS([w, b], lr=1.0, max_iter=steps, tolerance_grad=1e-9, tolerance_change=1e-12,
-                               line_search_fn="strong_wolfe")
+    solver = torch.optim.LBFGS(
+        [w, b],
+        lr=1.0,
+        max_iter=steps,
+        tolerance_grad=1e-9,
+        tolerance_change=1e-12,
+        line_search_fn="strong_wolfe",
+    )
 
     def objective() -> Tensor:
         solver.zero_grad()
@@ -116,7 +149,9 @@ def logistic_regression(z: Tensor, y: Tensor, ways: int, c: float = 1.0, steps: 
 
 def task_seed(support_x: Tensor, support_y: Tensor) -> int:
     """A seed that is a function of one task's support set (its images at 8 bits and its labels)."""
-    pixels = (support_x.detach() * 255).round().clamp(0, 255).to(torch.uint8).cpu().numpy().tobytes()
+    pixels = (
+        (support_x.detach() * 255).round().clamp(0, 255).to(torch.uint8).cpu().numpy().tobytes()
+    )
     return zlib.crc32(support_y.cpu().numpy().tobytes(), zlib.crc32(pixels))
 
 
@@ -126,11 +161,18 @@ class Baseline(MetaLearner):
     class Config:
         backbone: str = "conv4"  # Chen et al.: Conv-4 (1 input channel, 28×28) on Omniglot
         hidden: int = 64  # filters per conv block
-        head: str = "linear"  # linear (Baseline) | cosine (Baseline++): the pre-training and the fine-tuned head
-        cosine_scale: float | None = None  # s of the cosine head; None: the authors' 2 (≤ 200 classes) or 10
+        # linear (Baseline) | cosine (Baseline++): the pre-training and the fine-tuned head
+        head: str = "linear"
+        cosine_scale: float | None = (
+            None  # s of the cosine head; None: the authors' 2 (≤ 200 classes) or 10
+        )
         batch_size: int = 16  # pre-training mini-batch (authors' code: 16)
-        classifier: str = "finetune"  # test time: finetune (a new head) | logistic | centroid (Tian et al. 2020)
-        finetune_backbone: bool = False  # finetune: also adapt the backbone (default: frozen, as in the paper)
+        classifier: str = (
+            "finetune"  # test time: finetune (a new head) | logistic | centroid (Tian et al. 2020)
+        )
+        finetune_backbone: bool = (
+            False  # finetune: also adapt the backbone (default: frozen, as in the paper)
+        )
         finetune_epochs: int = 100  # passes over the support set (authors' code)
         finetune_batch: int = 4  # support examples per fine-tuning step
         finetune_lr: float = 0.01
@@ -140,36 +182,52 @@ class Baseline(MetaLearner):
         logistic_c: float = 1.0  # inverse L2 strength (scikit-learn's default, used by Tian et al.)
         logistic_steps: int = 100  # L-BFGS iterations (scikit-learn's default max_iter)
 
-    def __init__(self, options: "Baseline.Config", input_shape: tuple[int, ...]) -> None:
+    def __init__(self, options: Baseline.Config, input_shape: tuple[int, ...]) -> None:
         super().__init__()
-        for key, value, choices in (("head", options.head, HEADS), ("classifier", options.classifier, CLASSIFIERS)):
+        for key, value, choices in (
+            ("head", options.head, HEADS),
+            ("classifier", options.classifier, CLASSIFIERS),
+        ):
             if value not in choices:
-                raise ConfigError(f"algorithm.{key} '{value}' is unknown; choices: {', '.join(choices)}")
+                raise ConfigError(
+                    f"algorithm.{key} '{value}' is unknown; choices: {', '.join(choices)}"
+                )
         for key in ("batch_size", "finetune_epochs", "finetune_batch", "logistic_steps"):
             if getattr(options, key) < 1:
-                raise ConfigError(f"algorithm.{key} = {getattr(options, key)} is invalid: it must be at least 1")
+                raise ConfigError(
+                    f"algorithm.{key} = {getattr(options, key)} is invalid: it must be at least 1"
+                )
         self.options = options
-        self.backbone = build_backbone(options.backbone, in_channels=input_shape[0], hidden=options.hidden)
+        self.backbone = build_backbone(
+            options.backbone, in_channels=input_shape[0], hidden=options.hidden
+        )
         with torch.no_grad():
             self.features = self.backbone.eval()(torch.zeros(1, *input_shape)).shape[-1]
         self.backbone.train()
-        self.register_module("head", None)  # over the training classes: built by train_sampler or load_state_dict
+        self.register_module(
+            "head", None
+        )  # over the training classes: built by train_sampler or load_state_dict
 
-    # --- pre-training -------------------------------------------------------------------------------
+    # --- pre-training
+    # -------------------------------------------------------------------------------
     def _build_head(self, classes: int, seed: int) -> None:
-        """The classifier over all training classes: weight ~ U(±1/√D) (as nn.Linear), bias 0 (authors' code)."""
+        """The classifier over all training classes: weight ~ U(±1/√D) (as nn.Linear), bias 0
+        (authors' code)."""
         device = next(self.backbone.parameters()).device
         head = nn.Linear(self.features, classes, bias=self.options.head == "linear", device=device)
         generator = torch.Generator().manual_seed(seed)
         bound = 1.0 / math.sqrt(self.features)
         with torch.no_grad():
-            head.weight.copy_(torch.empty(head.weight.shape).uniform_(-bound, bound, generator=generator))
+            head.weight.copy_(
+                torch.empty(head.weight.shape).uniform_(-bound, bound, generator=generator)
+            )
             if head.bias is not None:
                 head.bias.zero_()
         self.head = head
 
     def train_sampler(self, split: ClassIndexedDataset, cfg: Config) -> FlatBatchSampler:
-        """Flat mini-batches over every class of the training split; builds the head over its classes."""
+        """Flat mini-batches over every class of the training split; builds the head over its
+        classes."""
         if self.head is None or self.head.out_features != split.num_classes:
             self._build_head(split.num_classes, cfg.train.seed)
         return FlatBatchSampler(split, self.options.batch_size)
@@ -185,13 +243,22 @@ class Baseline(MetaLearner):
 
     def meta_loss(self, batch: FlatBatch) -> StepOutput:
         if self.head is None:
-            raise ConfigError("the pre-training head is not built: get batches from train_sampler(split, cfg) first")
+            raise ConfigError(
+                "the pre-training head is not built: get batches from train_sampler(split, cfg) "
+                "first"
+            )
         z = self.backbone(batch.x)  # (batch, D)
-        logits = head_logits(self.options.head, dict(self.head.named_parameters()), z, self.scale(self.head.out_features))
+        logits = head_logits(
+            self.options.head,
+            dict(self.head.named_parameters()),
+            z,
+            self.scale(self.head.out_features),
+        )
         loss = F.cross_entropy(logits, batch.y)
         return StepOutput(loss, {"accuracy": accuracy(logits[None], batch.y[None]).mean().detach()})
 
-    # --- test time ----------------------------------------------------------------------------------
+    # --- test time
+    # ----------------------------------------------------------------------------------
     def embed(self, x: Tensor) -> Tensor:
         """(B, M, C, H, W) → (B, M, D)."""
         return self.backbone(x.flatten(0, 1)).unflatten(0, x.shape[:2])
@@ -207,22 +274,43 @@ class Baseline(MetaLearner):
         if o.classifier == "centroid":
             return nearest_centroid_logits(support, episode.support_y, n, query)
         if o.classifier == "logistic":
-            heads = [logistic_regression(F.normalize(support[i], dim=-1), episode.support_y[i], n, o.logistic_c,
-                                         o.logistic_steps) for i in range(episode.tasks)]
-            return torch.stack([head_logits("linear", h, F.normalize(query[i], dim=-1), 1.0) for i, h in enumerate(heads)])
+            heads = [
+                logistic_regression(
+                    F.normalize(support[i], dim=-1),
+                    episode.support_y[i],
+                    n,
+                    o.logistic_c,
+                    o.logistic_steps,
+                )
+                for i in range(episode.tasks)
+            ]
+            return torch.stack(
+                [
+                    head_logits("linear", h, F.normalize(query[i], dim=-1), 1.0)
+                    for i, h in enumerate(heads)
+                ]
+            )
         params = self.finetune_heads(support, episode.support_y, n, self._generators(episode))
         return head_logits(o.head, params, query, self.scale(n))
 
     def _generators(self, episode: Episode) -> list[torch.Generator]:
-        return [torch.Generator().manual_seed(task_seed(episode.support_x[i], episode.support_y[i]))
-                for i in range(episode.tasks)]
+        return [
+            torch.Generator().manual_seed(task_seed(episode.support_x[i], episode.support_y[i]))
+            for i in range(episode.tasks)
+        ]
 
-    def _new_head(self, ways: int, generator: torch.Generator, device: torch.device) -> dict[str, Tensor]:
+    def _new_head(
+        self, ways: int, generator: torch.Generator, device: torch.device
+    ) -> dict[str, Tensor]:
         """A new N-way head, U(±1/√D) as nn.Linear initialises it."""
         bound = 1.0 / math.sqrt(self.features)
-        shapes = {"weight": (ways, self.features)} | ({"bias": (ways,)} if self.options.head == "linear" else {})
-        return {k: torch.empty(shape).uniform_(-bound, bound, generator=generator).to(device)
-                for k, shape in shapes.items()}
+        shapes = {"weight": (ways, self.features)} | (
+            {"bias": (ways,)} if self.options.head == "linear" else {}
+        )
+        return {
+            k: torch.empty(shape).uniform_(-bound, bound, generator=generator).to(device)
+            for k, shape in shapes.items()
+        }
 
     def _batches(self, size: int, generator: torch.Generator) -> Tensor:
         """The fine-tuning order: a permutation of the support set per epoch, (epochs, S)."""
@@ -230,46 +318,72 @@ class Baseline(MetaLearner):
 
     def _sgd(self, params: dict[str, Tensor], grads: dict[str, Tensor], buffers: dict[str, Tensor]):
         o = self.options
-        return sgd_step(params, grads, buffers, o.finetune_lr, o.finetune_momentum, o.finetune_dampening,
-                        o.finetune_weight_decay)
+        return sgd_step(
+            params,
+            grads,
+            buffers,
+            o.finetune_lr,
+            o.finetune_momentum,
+            o.finetune_dampening,
+            o.finetune_weight_decay,
+        )
 
-    def finetune_heads(self, support: Tensor, labels: Tensor, ways: int,
-                       generators: list[torch.Generator]) -> dict[str, Tensor]:
+    def finetune_heads(
+        self, support: Tensor, labels: Tensor, ways: int, generators: list[torch.Generator]
+    ) -> dict[str, Tensor]:
         """Train one new head per task on its frozen support embeddings, all tasks at once.
 
-        Shapes: support (B, S, D), labels (B, S) → weight (B, N, D) (and bias (B, N) for a linear head).
-        Only the support labels are seen. Each task's loss is its own mini-batch mean, so the summed loss
+        Shapes: support (B, S, D), labels (B, S) → weight (B, N, D) (and bias (B, N) for a linear
+        head).
+        Only the support labels are seen. Each task's loss is its own mini-batch mean, so the summed
+        loss
         gives every head exactly the gradient it would get alone.
         """
         b, s, d = support.shape
         support = support.detach()
         heads = [self._new_head(ways, g, support.device) for g in generators]
         params = {k: torch.stack([h[k] for h in heads]) for k in heads[0]}
-        order = torch.stack([self._batches(s, g) for g in generators]).to(support.device)  # (B, epochs, S)
+        order = torch.stack([self._batches(s, g) for g in generators]).to(
+            support.device
+        )  # (B, epochs, S)
         scale, buffers = self.scale(ways), {}
         with torch.enable_grad():
             for epoch in range(self.options.finetune_epochs):
-                shuffled = support.gather(1, order[:, epoch, :, None].expand(-1, -1, d))  # (B, S, D) this epoch's order
+                shuffled = support.gather(
+                    1, order[:, epoch, :, None].expand(-1, -1, d)
+                )  # (B, S, D) this epoch's order
                 shuffled_y = labels.gather(1, order[:, epoch])  # (B, S)
                 for start in range(0, s, self.options.finetune_batch):
-                    z = shuffled[:, start:start + self.options.finetune_batch]  # (B, m, D)
-                    y = shuffled_y[:, start:start + self.options.finetune_batch]  # (B, m)
+                    z = shuffled[:, start : start + self.options.finetune_batch]  # (B, m, D)
+                    y = shuffled_y[:, start : start + self.options.finetune_batch]  # (B, m)
                     live = {k: v.detach().requires_grad_() for k, v in params.items()}
                     logits = head_logits(self.options.head, live, z, scale)  # (B, m, N)
-                    loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(b, -1).mean(1).sum()
+                    loss = (
+                        F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
+                        .view(b, -1)
+                        .mean(1)
+                        .sum()
+                    )
                     grads = dict(zip(live, torch.autograd.grad(loss, list(live.values()))))
-                    params, buffers = self._sgd({k: v.detach() for k, v in live.items()}, grads, buffers)
+                    params, buffers = self._sgd(
+                        {k: v.detach() for k, v in live.items()}, grads, buffers
+                    )
         return params
 
     def _finetune_all(self, episode: Episode) -> Tensor:
-        """Fine-tune copies of backbone and a new head on each task's support set, one task after another."""
+        """Fine-tune copies of backbone and a new head on each task's support set, one task after
+        another."""
         o, n = self.options, episode.ways
         scale, outputs = self.scale(n), []
         for i, generator in enumerate(self._generators(episode)):
             sx, sy = episode.support_x[i], episode.support_y[i]  # (S, C, H, W), (S,)
-            params = {f"backbone.{k}": v.detach().clone() for k, v in self.backbone.named_parameters()}
+            params = {
+                f"backbone.{k}": v.detach().clone() for k, v in self.backbone.named_parameters()
+            }
             params |= {f"head.{k}": v for k, v in self._new_head(n, generator, sx.device).items()}
-            stats = {k: v.clone() for k, v in self.backbone.named_buffers()}  # BatchNorm never writes the model's
+            stats = {
+                k: v.clone() for k, v in self.backbone.named_buffers()
+            }  # BatchNorm never writes the model's
             order, buffers = self._batches(len(sx), generator).to(sx.device), {}
 
             def logits(p: dict[str, Tensor], x: Tensor) -> Tensor:
@@ -279,11 +393,13 @@ class Baseline(MetaLearner):
             with torch.enable_grad():
                 for epoch in range(o.finetune_epochs):
                     for start in range(0, len(sx), o.finetune_batch):
-                        pick = order[epoch, start:start + o.finetune_batch]
+                        pick = order[epoch, start : start + o.finetune_batch]
                         live = {k: v.requires_grad_() for k, v in params.items()}
                         loss = F.cross_entropy(logits(live, sx[pick]), sy[pick])
                         grads = dict(zip(live, torch.autograd.grad(loss, list(live.values()))))
-                        params, buffers = self._sgd({k: v.detach() for k, v in live.items()}, grads, buffers)
+                        params, buffers = self._sgd(
+                            {k: v.detach() for k, v in live.items()}, grads, buffers
+                        )
             with torch.no_grad():
                 outputs.append(logits(params, episode.query_x[i]))
         return torch.stack(outputs)  # (B, N*Q, N)
