@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="dataset tools")
     dsub = p.add_subparsers(dest="data_command", required=True)
     q = dsub.add_parser("info", help="alphabets, characters, images and classes per split")
-    q.add_argument("dataset", choices=["omniglot"])
+    q.add_argument("dataset", help="a registered dataset with a listing (metalab list)")
     q.add_argument("--data-dir", required=True)
     q.add_argument("--scheme", default="vinyals")
     q.add_argument(
@@ -461,13 +461,20 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from metalab.data.omniglot import omniglot_info
+    from metalab.config import DataConfig
+    from metalab.tasks.sources import dataset_info
 
-    info = omniglot_info(Path(args.data_dir), args.scheme, download=args.download)
+    data = DataConfig(
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        scheme=args.scheme,
+        download=args.download,
+    )
+    info = dataset_info(data)
     if args.json:
         print(json.dumps(info))
         return 0
-    print(f"omniglot ({args.scheme} split)")
+    print(args.dataset + (f" ({info['scheme']} split)" if "scheme" in info else ""))
     for split, row in info["splits"].items():
         print(f"  {split:9s} " + "  ".join(f"{k} {v}" for k, v in row.items()))
     return 0
