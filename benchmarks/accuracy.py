@@ -5,9 +5,8 @@
 
 Runs ``metalab train`` then ``metalab eval --json`` (once per --eval-args, default once with the
 config's evaluation settings) as subprocesses, and writes benchmarks/results/<name>.json (or
---results DIR/<name>.json) with the
-exact commands, the training wall time, the validation learning curve (from metrics.jsonl), the test
-results, and the commit, date and hardware.
+--results DIR/<name>.json) with the exact commands, the training wall time, the validation learning
+curve (from metrics.jsonl), the test results, and the commit, date and hardware.
 """
 
 from __future__ import annotations

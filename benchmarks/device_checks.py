@@ -1,12 +1,9 @@
 """Issue 3's GPU measurements as one prepared command for a borrowed GPU machine (a call of at most
 10
 minutes): ``metalab bench`` on the device, then MAML's Omniglot 5-way and 20-way 1-shot paper
-presets (or
-others of the optimization family, ``--presets``), each trained for a fixed budget and evaluated on
-its
-1000 fixed test episodes (benchmarks/accuracy.py, learning curve included). Every result is a JSON
-file
-with its command, commit and hardware.
+presets (or others of the optimization family, ``--presets``), each trained for a fixed budget and
+evaluated on its 1000 fixed test episodes (benchmarks/accuracy.py, learning curve included). Every
+result is a JSON file with its command, commit and hardware.
 
 Here, once (``data/`` is ignored by git; the call carries it):
 

@@ -2,8 +2,8 @@
 
 Every image dataset (Omniglot, a user's class folders) becomes a :class:`ClassIndexedDataset`; the
 episode samplers gather from it with index arithmetic only, so no per-image Python work happens
-while
-training. Regression tasks (sinusoid) and text have their own sources; this type is for images.
+while training. Regression tasks (sinusoid) and text have their own sources; this type is for
+images.
 """
 
 from __future__ import annotations

@@ -15,8 +15,7 @@ from metalab.errors import DataError
 OMNIGLOT_URL = "https://github.com/brendenlake/omniglot/raw/master/python/{name}"
 
 # sha256 of the upstream files, as recorded by TensorFlow Datasets (url_checksums/omniglot.txt); the
-# two
-# small sets were also checked against local upstream copies.
+# two small sets were also checked against local upstream copies.
 OMNIGLOT_SHA256 = {
     "images_background.zip": "ad41ab679c8b5d90b271ef46be6987cc81211774a695c29dcc5367b2b26ee640",
     "images_evaluation.zip": "1f61a8f3366785b057fc117d9228e78a16e3d976c8953b2a10fcc74cf0609cee",

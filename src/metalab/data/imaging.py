@@ -23,8 +23,7 @@ def decode_image(source: bytes | Path, preprocess: Preprocess, name: str) -> Ten
     """Decode one image file (its path or its bytes) as `preprocess` says.
 
     The image is converted to grayscale ("L") or RGB, resized to a square with the antialiasing
-    Lanczos
-    filter, then inverted (255 - x) if ``preprocess.invert``.
+    Lanczos filter, then inverted (255 - x) if ``preprocess.invert``.
 
     Args:
         source: the file's path, or its bytes (a zip member).

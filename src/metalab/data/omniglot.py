@@ -2,16 +2,11 @@
 drawings each.
 
 The data directory holds the official files of github.com/brendenlake/omniglot (``python/``): the
-zips
-``images_background.zip`` (30 alphabets, 964 characters), ``images_evaluation.zip`` (20 alphabets,
-659
-characters), ``images_background_small1.zip`` / ``images_background_small2.zip`` (5 alphabets each),
-or
-their extracted folders ``images_background/<Alphabet>/characterNN/*.png``. A zip is preferred to
-its
-folder when both exist. Each source is decoded once (105x105 → ``image_size`` Lanczos, inverted so
-that
-strokes are bright and the background 0) and cached.
+zips ``images_background.zip`` (30 alphabets, 964 characters), ``images_evaluation.zip`` (20
+alphabets, 659 characters), ``images_background_small1.zip`` / ``images_background_small2.zip`` (5
+alphabets each), or their extracted folders ``images_background/<Alphabet>/characterNN/*.png``. A
+zip is preferred to its folder when both exist. Each source is decoded once (105x105 →
+``image_size`` Lanczos, inverted so that strokes are bright and the background 0) and cached.
 
 Schemes (see :data:`SCHEMES`):
     vinyals: the few-shot split of Vinyals et al. (2016) as shipped by the Prototypical Networks
@@ -24,8 +19,7 @@ Schemes (see :data:`SCHEMES`):
     (test).
 
 Rotations are applied to the decoded images with ``torch.rot90`` over (H, W): 90 degrees turns an
-image
-counter-clockwise, as PIL's ``Image.rotate(90)`` does.
+image counter-clockwise, as PIL's ``Image.rotate(90)`` does.
 """
 
 from __future__ import annotations

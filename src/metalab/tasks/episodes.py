@@ -7,18 +7,15 @@ An :class:`Episode` holds B tasks at once (B = 1 is fine)::
 
 Support and query are class-major: example j of class n sits at n*K + j (n*Q + j). Sampling draws
 only indices, with an explicit CPU ``torch.Generator`` (so the same seed gives the same tasks on
-every
-device); the images are then gathered on the dataset's own device in one indexing operation.
+every device); the images are then gathered on the dataset's own device in one indexing operation.
 
 A :class:`FixedEpisodes` set is a pure function of (dataset split, ways, shots, queries, count,
-seed):
-every algorithm evaluated with the same arguments sees exactly the same episodes, so methods can be
-compared pairwise.
+seed): every algorithm evaluated with the same arguments sees exactly the same episodes, so methods
+can be compared pairwise.
 
 Other task sources: a regression source (sinusoid, :mod:`metalab.tasks.sinusoid`) has float targets
 ``support_y (B, K, 1)``, ``query_y (B, Q, 1)`` and ``ways = 0``; it supplies its own sampler and
-fixed
-sets. Code that serves any source (the engine, ``MetaLearner.train_sampler``) goes through
+fixed sets. Code that serves any source (the engine, ``MetaLearner.train_sampler``) goes through
 :func:`episode_sampler`, :func:`fixed_episodes`, :func:`input_shape` and :func:`is_regression`.
 """
 
@@ -203,11 +200,9 @@ class FixedEpisodes:
 
 
 # Any task source: a ClassIndexedDataset here; another source (sinusoid regression) by its own
-# methods
-# ``episode_sampler(ways, shots, queries, meta_batch, within_group)`` and ``fixed_episodes(ways,
-# shots,
-# queries, count, seed, within_group)``, which check their arguments (a regression source rejects
-# ways ≠ 0).
+# methods ``episode_sampler(ways, shots, queries, meta_batch, within_group)`` and
+# ``fixed_episodes(ways, shots, queries, count, seed, within_group)``, which check their arguments
+# (a regression source rejects ways ≠ 0).
 
 
 def episode_sampler(

@@ -2,8 +2,7 @@
 split.
 
 Transfer baselines pre-train a classifier over every training class (Chen et al. 2019, §3.1) rather
-than
-on episodes; their ``train_sampler`` returns a :class:`FlatBatchSampler`, so pre-training runs
+than on episodes; their ``train_sampler`` returns a :class:`FlatBatchSampler`, so pre-training runs
 through the
 same engine (checkpoints, logs, resume) as every meta-learner::
 
@@ -15,8 +14,7 @@ Each batch draws its images uniformly at random (with replacement across batches
 CPU
 generator, rather than walking through shuffled epochs: the sampler then holds no state besides the
 generator, which the trainer checkpoints, so a resumed run draws the same batches as one never
-stopped.
-Images are gathered on the dataset's own device in one indexing operation.
+stopped. Images are gathered on the dataset's own device in one indexing operation.
 """
 
 from __future__ import annotations

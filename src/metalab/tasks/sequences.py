@@ -13,16 +13,14 @@ A :class:`SequenceBatch` holds B episodes of T = N·I steps (N classes × I inst
 The learner sees x_t together with y_{t−1} and must predict y_t before it is revealed at step t+1
 (Santoro et al. 2016, §3.1 and Fig. 1; Omniglot protocol: 5 classes × 10 instances = 50 steps).
 
-Sampling is the episode layer's: :meth:`EpisodeSampler.sample_indices` draws the N classes and
-I distinct images of each (``shots = instances``, no queries) with an explicit CPU generator; the
-step order and the label permutation are drawn from the same generator, and the images are gathered
-on the dataset's device. A :class:`FixedSequences` set is a pure function of (split, ways,
-instances,
+Sampling is the episode layer's: :meth:`EpisodeSampler.sample_indices` draws the N classes and I
+distinct images of each (``shots = instances``, no queries) with an explicit CPU generator; the step
+order and the label permutation are drawn from the same generator, and the images are gathered on
+the dataset's device. A :class:`FixedSequences` set is a pure function of (split, ways, instances,
 count, seed), like :class:`~metalab.tasks.episodes.FixedEpisodes`.
 
 Standard N-way K-shot episodes become sequences too (MANN's and SNAIL's ``predict``): the
-class-major
-support set is interleaved by :func:`support_order` — random per task in training
+class-major support set is interleaved by :func:`support_order` — random per task in training
 (:class:`ShuffledSupportSampler`), one fixed permutation at evaluation, so results do not depend on
 how the fixed episodes are batched.
 """

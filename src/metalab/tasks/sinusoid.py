@@ -1,9 +1,8 @@
 """Sinusoid regression (Finn, Abbeel & Levine, ICML 2017, §5.1): a distribution of regression tasks.
 
 A task is ``y = A · sin(x − φ)`` with amplitude ``A ~ U[0.1, 5]`` and phase ``φ ~ U[0, π]``; its
-points
-have ``x ~ U[−5, 5]`` (the authors' code: ``amplitude * np.sin(inputs - phase)``). An episode batch
-of
+points have ``x ~ U[−5, 5]`` (the authors' code: ``amplitude * np.sin(inputs - phase)``). An episode
+batch of
 B tasks has the usual layout, with float targets and no ways::
 
     support_x (B, K, 1)   support_y (B, K, 1)   float32
@@ -11,13 +10,12 @@ B tasks has the usual layout, with float targets and no ways::
     ways = 0              (regression: no classes, no labels)
 
 There is no data on disk: a split is the task distribution itself. Training draws fresh tasks from
-the
-trainer's generator; a fixed evaluation set is a pure function of (split, shots, queries, count,
-seed)
-— the split name is mixed into the seed, so the validation and test tasks differ. All randomness is
-drawn on the CPU from an explicit ``torch.Generator`` (same tasks on every device); amplitudes and
-phases are drawn before the points, so sets of one seed and count share their functions whatever the
-number of shots (the K = 5, 10 and 20 curves are measured on the same sinusoids).
+the trainer's generator; a fixed evaluation set is a pure function of (split, shots, queries, count,
+seed) — the split name is mixed into the seed, so the validation and test tasks differ. All
+randomness is drawn on the CPU from an explicit ``torch.Generator`` (same tasks on every device);
+amplitudes and phases are drawn before the points, so sets of one seed and count share their
+functions whatever the number of shots (the K = 5, 10 and 20 curves are measured on the same
+sinusoids).
 """
 
 from __future__ import annotations
@@ -153,8 +151,7 @@ def split_seed(split: str, seed: int) -> int:
 
 class FixedSinusoidTasks:
     """A fixed evaluation set of ``count`` tasks, drawn once on the CPU (independent of batch size
-    and
-    device); ``amplitude``, ``phase`` (count,) and ``x`` (count, K+Q, 1) are kept for plotting
+    and device); ``amplitude``, ``phase`` (count,) and ``x`` (count, K+Q, 1) are kept for plotting
     fits."""
 
     def __init__(

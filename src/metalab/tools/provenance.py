@@ -46,9 +46,8 @@ def environment(device: torch.device | None = None) -> dict[str, Any]:
     versions."""
     commit = _git("rev-parse", "HEAD")
     # uncommitted changes to anything but the results themselves (a run that follows another sees
-    # its JSON);
-    # without git (a copied working tree, e.g. on a borrowed GPU machine) the commit comes from
-    # $METALAB_COMMIT if set, and whether the tree had changes is unknown (None)
+    # its JSON); without git (a copied working tree, e.g. on a borrowed GPU machine) the commit
+    # comes from $METALAB_COMMIT if set, and whether the tree had changes is unknown (None)
     status = _git(
         "status",
         "--porcelain",
