@@ -4,10 +4,14 @@ second.
 A cache file is named by a fingerprint of the build parameters and of the source files (path, size,
 modification time), so a changed source or parameter builds a new file. Files are written atomically
 (temporary file, then rename) and verified on load; a stale, corrupt or truncated file is rebuilt.
+Processes that start together on a fresh cache (torchrun ranks, tuning workers) build each file
+once: the builder holds an exclusive lock on ``<file>.lock`` (``flock``, released by the OS if the
+process dies), the others wait for it and then load what it wrote.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -20,6 +24,11 @@ import torch
 from torch import Tensor
 
 from metalab.errors import DataError
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no cross-process lock, the atomic rename still keeps files whole
+    fcntl = None
 
 FORMAT_VERSION = 1  # bump when the payload layout of any dataset changes
 
@@ -89,14 +98,42 @@ def load_or_build(
     """
     key = fingerprint(params, sources)
     path = cache_root(cache_dir) / f"{name}-{key[:16]}.pt"
-    payload = _load(path, key)
-    if payload is None:
-        payload = build()
-        _save(path, {"fingerprint": key, "payload": payload, "checksum": checksum(payload)})
+    payload = _load(path, key, quiet=True) if path.exists() else None
+    if payload is not None:
+        return payload
+    with _build_lock(path):  # another process may be building it: wait, then look again
+        payload = _load(path, key)
+        if payload is None:
+            payload = build()
+            _save(path, {"fingerprint": key, "payload": payload, "checksum": checksum(payload)})
     return payload
 
 
-def _load(path: Path, key: str) -> Payload | None:
+@contextlib.contextmanager
+def _build_lock(path: Path):
+    """An exclusive ``flock`` on ``<path>.lock`` for the time of one build (no lock where the
+    folder is unwritable or the platform has no flock)."""
+    handle = None
+    if fcntl is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(path.with_name(path.name + ".lock"), "a")  # noqa: SIM115
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError:
+            if handle is not None:
+                handle.close()
+            handle = None
+    try:
+        yield
+    finally:
+        if handle is not None:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
+
+
+def _load(path: Path, key: str, quiet: bool = False) -> Payload | None:
+    """The verified payload of ``path``, or None (with a warning, unless ``quiet``, when a file
+    exists but is stale or damaged: it will be rebuilt)."""
     if not path.exists():
         return None
     try:
@@ -106,7 +143,8 @@ def _load(path: Path, key: str) -> Payload | None:
         problem = "does not match its sources or content"
     except Exception as error:  # truncated or garbage files fail in many ways inside torch.load
         problem = f"cannot be read ({type(error).__name__}: {error})"
-    log.warning("cache file %s %s; rebuilding it", path, problem)
+    if not quiet:
+        log.warning("cache file %s %s; rebuilding it", path, problem)
     return None
 
 
