@@ -72,8 +72,10 @@ class Episode:
 
 
 def to_float(images: Tensor) -> Tensor:
-    """uint8 images in [0, 255] → float32 in [0, 1]."""
-    return images.float().div_(255.0)
+    """uint8 images in [0, 255] → float32 in [0, 1]; float inputs (text embeddings) as they are."""
+    if images.dtype == torch.uint8:
+        return images.float().div_(255.0)
+    return images.float()
 
 
 class EpisodeSampler:

@@ -182,3 +182,6 @@ def dataset_info(data: DataConfig) -> dict:
             + ", ".join(n for n in DATASETS.names() if DATASETS.get(n).info is not None)
         )
     return spec.info(data)
+
+
+import metalab.tasks.text_sources  # noqa: E402,F401  (registers clinc150, banking77, hwu64, fewrel, text)
