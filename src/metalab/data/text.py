@@ -24,7 +24,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -597,6 +596,15 @@ def build_split(
 # --- Embedding, cached -------------------------------------------------------------------------
 
 
+def embedding_cache_entry(corpus: LabelledTexts, encoder: str) -> tuple[str, dict, list[Path]]:
+    """The cache file name prefix, parameters and source files the embeddings are keyed on."""
+    from metalab.models.text import resolve_encoder
+
+    ref = resolve_encoder(encoder)
+    params = {"texts": corpus.fingerprint(), "encoder": ref.identity}
+    return f"text-{corpus.name}-{ref.slug}", params, corpus.sources + ref.sources
+
+
 def embed_corpus(
     corpus: LabelledTexts,
     encoder: str,
@@ -609,18 +617,13 @@ def embed_corpus(
     files); a change to any of them embeds again."""
     from metalab.models.text import resolve_encoder
 
-    ref = resolve_encoder(encoder)
-
     def build() -> dict:
-        model = ref.load(device)
+        model = resolve_encoder(encoder).load(device)
         vectors = model.encode(corpus.texts, batch_size=batch_size)
         return {"embeddings": vectors.float().cpu().contiguous(), "count": len(corpus.texts)}
 
-    params = {"texts": corpus.fingerprint(), "encoder": ref.identity}
-    slug = re.sub(r"[^\w.-]", "_", ref.slug)
-    payload = load_or_build(
-        f"text-{corpus.name}-{slug}", params, corpus.sources + ref.sources, build, cache_dir
-    )
+    name, params, sources = embedding_cache_entry(corpus, encoder)
+    payload = load_or_build(name, params, sources, build, cache_dir)
     vectors = payload["embeddings"]
     if payload["count"] != len(corpus.texts) or vectors.shape[0] != len(corpus.texts):
         raise DataError(f"embedding cache of {corpus.name} has the wrong size; delete it")
