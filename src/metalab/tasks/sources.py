@@ -169,8 +169,14 @@ def split_names(data: DataConfig) -> tuple[str, ...]:
 
 
 def load_split(data: DataConfig, split: str) -> ClassIndexedDataset | SinusoidTasks:
-    """One split of the configured dataset as a task source."""
-    return dataset_spec(data).load(data, split)
+    """One split of the configured dataset as a task source; the training split as ``data.labels``
+    and ``data.augment`` make it (unlabeled or augmented: :mod:`metalab.tasks.unsupervised`)."""
+    source = dataset_spec(data).load(data, split)
+    if split == data.train_split:
+        from metalab.tasks.unsupervised import training_source
+
+        source = training_source(data, source)
+    return source
 
 
 def dataset_info(data: DataConfig) -> dict:

@@ -1,0 +1,270 @@
+"""Tasks without labels: N-way tasks built from N unlabeled images and their augmentations (UMTRA).
+
+UMTRA (Khodadadeh, Bölöni & Shah, "Unsupervised Meta-Learning for Few-Shot Image Classification",
+NeurIPS 2019), Algorithm 1: draw N images x_1..x_N at random from the unlabeled training set and
+give image n the label n; the support set is (x_n, n) (K = 1), the query set is (A(x_n), n) for a
+random augmentation A. With many more classes than N, the N images are from N different classes
+with high probability (Omniglot's Vinyals train split: 4112 classes, so two images of one class in
+a 20-way task have probability about C(20, 2)/4112 ≈ 5%).
+
+Ni et al. ("The Close Relationship Between Contrastive Learning and Meta-Learning", ICLR 2022)
+augment the support views as well (contrastive learning's two random views): ``support: augmented``
+(the default here) gives each image K augmented support views and Q augmented query views;
+``support: original`` is UMTRA's (the first support view is the image itself, any others are
+augmented).
+
+**Training labels are never read.** :class:`UnlabeledImages` keeps only the split's image tensor
+(rows in storage order), not its class table: the offsets, counts, class and group names of the
+labelled split are dropped when it is built, and asking it for classes raises a :class:`DataError`
+naming the switch. Episodes carry ``classes = None``.
+
+Switch: ``data.labels: none`` in a run's config makes the training split of any image dataset
+(Omniglot, a folder of images — with ``DIR/train/`` holding the images in any sub-folders)
+unlabeled; :func:`metalab.tasks.sources.load_split` wraps it. Every episodic learner (``protonet``,
+``maml``, ``matching``, ``relation``, …) then trains on these tasks through its unchanged
+``train_sampler`` (:func:`metalab.tasks.episodes.episode_sampler` asks the source for its sampler),
+the contrastive learners (:mod:`metalab.algorithms.transfer.contrastive`) draw their views from it.
+Validation and evaluation splits keep their labels (the presets set ``data.val_split: null`` so
+that no label of any split is used during training).
+
+With labels (``data.labels: given``) and a ``data.augment`` mapping, :class:`AugmentedImages` is
+task augmentation for supervised episodic learners: every support and query image of every
+training episode is augmented.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from metalab.data.base import ClassIndexedDataset
+from metalab.errors import DataError
+from metalab.tasks.augment import Augment, AugmentConfig, augment_config
+from metalab.tasks.episodes import Episode, EpisodeSampler, to_float
+
+LABELS = ("given", "none")
+
+
+def _check_shape(ways: int, shots: int, queries: int, meta_batch: int) -> None:
+    for flag, value, low in (
+        ("--ways", ways, 1),
+        ("--shots", shots, 1),
+        ("--queries", queries, 0),
+        ("--meta-batch", meta_batch, 1),
+    ):
+        if value < low:
+            raise DataError(f"{flag} {value} is invalid: it must be at least {low}")
+
+
+def distinct_rows(total: int, b: int, n: int, generator: torch.Generator) -> Tensor:
+    """(B, N) row indices, distinct within each row: N draws without replacement from ``total``.
+    Sparse draws (8N < total) redraw the rare rows with a repeat; dense ones sort random keys."""
+    if n * 8 < total:
+        # sample with replacement, then redraw the rare rows that repeat an index
+        rows = torch.randint(total, (b, n), generator=generator)
+        while True:
+            sorted_rows = rows.sort(1).values
+            bad = (sorted_rows[:, 1:] == sorted_rows[:, :-1]).any(1)
+            if not bool(bad.any()):
+                return rows
+            rows[bad] = torch.randint(total, (int(bad.sum()), n), generator=generator)
+    return torch.rand(b, total, generator=generator).argsort(1)[:, :n]
+
+
+class UnlabeledImages:
+    """A training split seen as images only (see the module docstring).
+
+    Args:
+        dataset: the labelled split; only ``images`` (and how they were decoded) is kept.
+        augment: the augmentation options of the views (``data.augment``).
+    """
+
+    regression = False
+
+    def __init__(
+        self,
+        dataset: ClassIndexedDataset,
+        augment: AugmentConfig | dict[str, Any] | None = None,
+    ) -> None:
+        if len(dataset.images) < 2:
+            raise DataError(f"{dataset.name} holds {len(dataset.images)} image(s); tasks need 2")
+        self.name = f"{dataset.name} (unlabeled)"
+        self.images = dataset.images  # (total, C, H, W) uint8; the only thing read
+        self.preprocess = dataset.preprocess
+        self.augment = augment_config(augment)
+
+    @classmethod
+    def _of(cls, images: Tensor, name: str, preprocess: Any, augment: AugmentConfig):
+        new = cls.__new__(cls)
+        new.name, new.images, new.preprocess, new.augment = name, images, preprocess, augment
+        return new
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.images.shape[1:])
+
+    image_shape = input_shape
+
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def to(self, device: torch.device | str) -> UnlabeledImages:
+        return self._of(self.images.to(device), self.name, self.preprocess, self.augment)
+
+    # --- what a labelled consumer would ask for: refused, naming the switch ----------------------
+    def _no_labels(self, what: str) -> DataError:
+        return DataError(
+            f"{self.name}: data.labels is none, so the training split has no {what}; train an "
+            "episodic learner (protonet, maml, ...) or a contrastive one (simclr), or set "
+            "data.labels: given"
+        )
+
+    @property
+    def num_classes(self) -> int:
+        raise self._no_labels("classes (this algorithm needs class labels)")
+
+    @property
+    def counts(self) -> Tensor:
+        raise self._no_labels("classes (this algorithm needs class labels)")
+
+    def fixed_episodes(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._no_labels("labelled episodes to evaluate on; evaluate on a labelled split")
+
+    # --- tasks ----------------------------------------------------------------------------------
+    def episode_sampler(
+        self, ways: int, shots: int, queries: int, meta_batch: int = 1, within_group: bool = False
+    ) -> UnsupervisedEpisodes:
+        if within_group:
+            raise self._no_labels("alphabets (groups) for data.within_group; set it to false")
+        return UnsupervisedEpisodes(self, ways, shots, queries, meta_batch)
+
+
+class UnsupervisedEpisodes:
+    """Draws batches of UMTRA tasks: N distinct images per task, K support and Q query views each.
+
+    Episode layout is the labelled one (class-major, labels 0..N-1, ``classes = None``)::
+
+        support_x (B, N*K, C, H, W)   query_x (B, N*Q, C, H, W)
+    """
+
+    def __init__(
+        self, source: UnlabeledImages, ways: int, shots: int, queries: int, meta_batch: int = 1
+    ) -> None:
+        _check_shape(ways, shots, queries, meta_batch)
+        if ways > len(source):
+            raise DataError(
+                f"--ways {ways} but {source.name} holds only {len(source)} images; use at most "
+                f"{len(source)} ways"
+            )
+        self.source, self.ways, self.shots, self.queries = source, ways, shots, queries
+        self.meta_batch = meta_batch
+        self.augment = Augment(source.augment)
+
+    def sample(self, generator: torch.Generator) -> Episode:
+        b, n, k, q = self.meta_batch, self.ways, self.shots, self.queries
+        images = self.source.images
+        rows = distinct_rows(len(images), b, n, generator)  # (B, N) on the CPU
+        x = to_float(images[rows.to(images.device)])  # (B, N, C, H, W)
+        views = x[:, :, None].expand(b, n, k + q, *x.shape[2:])  # (B, N, K+Q, C, H, W)
+        views = self.augment(views.flatten(0, 2), generator).view_as(views)
+        if self.source.augment.support == "original":
+            views = torch.cat([x[:, :, None], views[:, :, 1:]], dim=2)
+        y = torch.arange(n, device=x.device).view(1, n, 1)
+        return Episode(
+            views[:, :, :k].flatten(1, 2),
+            y.expand(b, n, k).reshape(b, n * k),
+            views[:, :, k:].flatten(1, 2),
+            y.expand(b, n, q).reshape(b, n * q),
+            n,
+            None,
+        )
+
+
+class AugmentedImages:
+    """A labelled training split whose episodes are augmented (task augmentation for supervised
+    episodic learners). Anything else is asked of the split itself, so a learner that draws flat
+    batches or pairs refuses it by name rather than training unaugmented."""
+
+    regression = False
+
+    def __init__(self, dataset: ClassIndexedDataset, augment: AugmentConfig | dict | None) -> None:
+        self.dataset, self.augment = dataset, augment_config(augment)
+        self.name, self.preprocess = dataset.name, dataset.preprocess
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.dataset.image_shape
+
+    image_shape = input_shape
+
+    @property
+    def num_classes(self) -> int:
+        return self.dataset.num_classes
+
+    def to(self, device: torch.device | str) -> AugmentedImages:
+        return AugmentedImages(self.dataset.to(device), self.augment)
+
+    def episode_sampler(
+        self, ways: int, shots: int, queries: int, meta_batch: int = 1, within_group: bool = False
+    ) -> AugmentedEpisodes:
+        inner = EpisodeSampler(self.dataset, ways, shots, queries, meta_batch, within_group)
+        return AugmentedEpisodes(inner, self.augment)
+
+    def fixed_episodes(self, *args: Any, **kwargs: Any) -> Any:
+        raise DataError(
+            f"{self.name} is an augmented training split; evaluate on a split without data.augment"
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        # only reached for attributes not defined above (offsets, counts, images, ...): a learner
+        # that would read the split directly (flat batches, pairs, sequences) is refused
+        if name.startswith("__") or name == "dataset":
+            raise AttributeError(name)
+        raise DataError(
+            f"data.augment augments training episodes only, and this algorithm draws other "
+            f"batches from {self.dataset.name} (it reads '{name}'); remove data.augment or use an "
+            "episodic learner"
+        )
+
+
+class AugmentedEpisodes:
+    """Episodes of a labelled sampler with every support and query image augmented."""
+
+    def __init__(self, sampler: EpisodeSampler, augment: AugmentConfig) -> None:
+        self.sampler, self.augment = sampler, Augment(augment)
+
+    def sample(self, generator: torch.Generator) -> Episode:
+        e = self.sampler.sample(generator)
+        s = e.support_x.shape[1]
+        x = torch.cat([e.support_x, e.query_x], dim=1)  # (B, S+M, C, H, W)
+        x = self.augment(x.flatten(0, 1), generator).view_as(x)
+        return Episode(x[:, :s], e.support_y, x[:, s:], e.query_y, e.ways, e.classes)
+
+
+def training_source(data: Any, source: Any) -> Any:
+    """The training split as ``data.labels`` and ``data.augment`` make it: unlabeled (UMTRA tasks),
+    augmented (task augmentation), or ``source`` itself."""
+    labels = getattr(data, "labels", "given")
+    if labels not in LABELS:
+        from metalab.errors import ConfigError
+
+        raise ConfigError(f"data.labels '{labels}' is unknown; choices: {', '.join(LABELS)}")
+    augment = getattr(data, "augment", None)
+    if labels == "given" and augment is None:
+        return source
+    if not isinstance(source, ClassIndexedDataset):
+        from metalab.errors import ConfigError
+
+        raise ConfigError(
+            f"data.labels: {labels} / data.augment apply to image datasets; dataset "
+            f"'{data.dataset}' has no images to augment; remove them"
+        )
+    if labels == "none":
+        return UnlabeledImages(source, augment)
+    return AugmentedImages(source, augment)
