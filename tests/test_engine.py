@@ -119,7 +119,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):
         return out
 
     trainer.learner.meta_loss = poisoned
-    with pytest.raises(TrainingError, match="loss became nan at step 4.*step 3.*--resume"):
+    with pytest.raises(TrainingError, match="loss became nan at step 4.*step 3, rolled back"):
         trainer.fit()
     state = load_checkpoint(tmp_path / "run" / "last.pt")
     assert state["step"] == 3 and all(

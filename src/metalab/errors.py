@@ -18,8 +18,15 @@ class ConfigError(MetalabError):
 
 
 class CheckpointError(MetalabError):
-    """A checkpoint that is missing, unreadable or written by another algorithm."""
+    """A checkpoint that is missing, unreadable, incomplete, unwritable or written by another
+    algorithm."""
+
+
+class RunDirError(CheckpointError):
+    """A run directory that must not be written: it holds another run or other files, or another
+    training holds its lock (a CheckpointError, as the overwrite guard always raised)."""
 
 
 class TrainingError(MetalabError):
-    """Training cannot go on (for example the loss became NaN); the last good checkpoint is kept."""
+    """Training cannot go on (the loss or the weights became non-finite, a checkpoint could not be
+    written, a forced stop); the message says which checkpoint holds the last good state."""

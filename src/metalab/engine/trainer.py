@@ -3,21 +3,41 @@
 Per step: draw the batch the algorithm asked for (``learner.train_sampler``), compute
 ``learner.meta_loss``, take an optimizer step. Around it: a learning-rate schedule, validation on a
 fixed episode set (best checkpoint by the validation metric: highest accuracy for classification,
-lowest MSE for regression), the last checkpoint every
-``checkpoint_every`` steps, JSON-lines metrics, a progress bar on stderr, a wall-clock budget.
+lowest MSE for regression), the last checkpoint every ``checkpoint_every`` steps, JSON-lines
+metrics, a progress bar on stderr, a wall-clock budget.
 
-Resuming restores model, optimizer, schedule, sampler generator and step from ``last.pt``, so a run
-killed and resumed ends with the same weights as a run never stopped (tested on the CPU).
+What is never lost and never corrupted:
+
+- The run folder is locked and guarded (:mod:`metalab.engine.rundir`): a second training into it,
+  or a new run over an existing one or over other files, is refused.
+- ``last.pt`` exists from step 0 on and is replaced atomically; a failed write (a full disk)
+  leaves the previous one in place and stops the run with one line.
+- SIGINT (Ctrl-C) and SIGTERM (timeout, Docker, Kubernetes, SLURM) end the run at a step boundary
+  with ``last.pt`` saved; a second signal stops at once, keeping the last checkpoint.
+- After every step the loss, the gradients, the weights, the buffers (BatchNorm statistics) and
+  the optimizer state are checked finite. A problem found before the optimizer step is undone
+  (buffers and sampler generator restored) and ``last.pt`` saved at the last good step; one found
+  after it leaves ``last.pt`` at the last checkpoint, which was checked finite.
+- Resuming restores model, optimizer, schedule, sampler generator, step and the metrics window
+  from ``last.pt``, so a run stopped and resumed ends bit-identical to a run never stopped (tested
+  on the CPU). A resume may change only the settings in :data:`RESUMABLE`; the changes are
+  recorded in ``resumes.jsonl``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
+import json
 import math
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
@@ -25,14 +45,34 @@ from tqdm import tqdm
 
 import metalab
 from metalab.algorithms.base import MetaLearner, check_source
-from metalab.config import Config, TrainConfig
+from metalab.config import Config, TrainConfig, algorithm_options, parse_config, validate
 from metalab.engine.build import build_learner, resolve_device
-from metalab.engine.checkpoint import load_checkpoint, save_checkpoint
+from metalab.engine.checkpoint import RESUME_KEYS, load_checkpoint, save_checkpoint
 from metalab.engine.evaluate import evaluate
 from metalab.engine.logs import MetricsLog
-from metalab.errors import CheckpointError, ConfigError, TrainingError
+from metalab.engine.rundir import RunDir, atomic_write_text
+from metalab.errors import CheckpointError, ConfigError, MetalabError, TrainingError
+from metalab.registry import ALGORITHMS
 from metalab.tasks.episodes import fixed_episodes, input_shape, is_regression
 from metalab.tasks.sources import load_split, split_names
+
+# Settings a --resume may change: they change neither the weights a step computes nor what the
+# run's record (config.yaml, best.pt, metrics.jsonl) means. Everything else is refused.
+RESUMABLE = frozenset(
+    {
+        "train.steps",  # train longer (not with the cosine schedule, whose length it is)
+        "train.max_minutes",  # the budget of one session
+        "train.device",
+        "train.checkpoint_every",
+        "train.log_every",
+        "train.tensorboard",
+        "data.data_dir",  # the same data, found elsewhere
+        "data.download",
+        "eval.batch",  # memory, not results
+        "eval.episodes",  # defaults of `metalab eval`, unused in training
+        "eval.split",
+    }
+)
 
 
 @dataclass
@@ -42,6 +82,7 @@ class TrainResult:
     stopped: str  # "steps" | "time" | "interrupted"
     best_val: float | None  # best validation score (accuracy in percent, or MSE), if validated
     metric: str = "accuracy"  # what best_val measures: accuracy | mse
+    signal: str | None = None  # SIGINT | SIGTERM when a signal ended the run
 
 
 def make_optimizer(params, t: TrainConfig) -> torch.optim.Optimizer:
@@ -66,9 +107,85 @@ def make_schedule(
     )
 
 
+def first_nonfinite(named: Iterable[tuple[str, torch.Tensor | None]]) -> str | None:
+    """The name of the first floating tensor holding a NaN or an infinity (one sync per device)."""
+    by_device: dict[torch.device, list[tuple[str, torch.Tensor]]] = {}
+    for name, t in named:
+        if t is not None and torch.is_floating_point(t):
+            by_device.setdefault(t.device, []).append((name, t))
+    for group in by_device.values():
+        ok = torch.stack([torch.isfinite(t).all() for _, t in group])
+        if not bool(ok.all()):
+            return group[int((~ok).nonzero()[0, 0])][0]
+    return None
+
+
+class _Diverged(Exception):
+    """A non-finite loss, gradient, weight, buffer or optimizer state (`rolled_back`: the state is
+    again exactly that of the last completed step)."""
+
+    def __init__(self, problem: str, rolled_back: bool) -> None:
+        super().__init__(problem)
+        self.problem, self.rolled_back = problem, rolled_back
+
+
+class _ForcedStop(KeyboardInterrupt):
+    """A second stop signal: stop at once, mid-step; nothing of this step may be saved."""
+
+
+class _WriteFailed(Exception):
+    """A checkpoint or log write failed (the message says which and why)."""
+
+
+class _StopSignals:
+    """While entered (in the main thread): the first SIGINT or SIGTERM only asks the loop to stop
+    at the next step boundary; a second one raises :class:`_ForcedStop`. Signals the process
+    ignores (SIG_IGN, e.g. SIGINT of a background job) stay ignored."""
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous = signal.getsignal(sig)
+                if previous is not signal.SIG_IGN:
+                    self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self.received is not None:
+            raise _ForcedStop(name)
+        self.received = name
+        print(
+            f"\nmetalab: {name}: finishing this step, then saving last.pt and stopping "
+            f"(send it again to stop at once, losing the steps since the last checkpoint)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()
+
+
+def _settings(cfg: Config) -> dict[str, Any]:
+    """A config as flat ``section.key`` → value, the algorithm's options with their defaults."""
+    options = algorithm_options(cfg, ALGORITHMS.get(cfg.algorithm_name).Config)
+    flat = {"algorithm.name": cfg.algorithm_name}
+    flat |= {f"algorithm.{k}": v for k, v in dataclasses.asdict(options).items()}
+    for section in ("data", "train", "eval"):
+        for k, v in dataclasses.asdict(getattr(cfg, section)).items():
+            flat[f"{section}.{k}"] = v
+    return flat
+
+
 class Trainer:
     """Holds one run's state; `fit` runs the loop. `on_step(step)` is called after each completed
-    step."""
+    step. The run folder is locked from construction until `fit` returns (or `close`)."""
 
     def __init__(
         self,
@@ -79,25 +196,31 @@ class Trainer:
         progress: bool = True,
     ) -> None:
         self.cfg, self.run_dir, self.on_step, self.progress = cfg, Path(run_dir), on_step, progress
-        t = cfg.train
-        for key in ("steps", "checkpoint_every", "log_every"):
-            if getattr(t, key) < 1:
-                raise ConfigError(
-                    f"train.{key} = {getattr(t, key)} is invalid: it must be at least 1"
-                )
-        self.device = resolve_device(t.device)
+        try:
+            validate(cfg)  # ranges again: a section may have been changed in place
+        except ConfigError as e:
+            raise ConfigError(f"config: {e}") from None
+        self.device = resolve_device(cfg.train.device)
+        self.rundir = RunDir(self.run_dir).open(resume)
+        try:
+            self._setup(resume)
+        except BaseException:
+            self.rundir.close(discard=True)
+            raise
+
+    def _setup(self, resume: bool) -> None:
         last = self.run_dir / "last.pt"
-        if last.exists() and not resume:
-            raise CheckpointError(
-                f"{self.run_dir} already holds a run (last.pt); pass --resume to continue "
-                f"it, or choose another --out"
-            )
-        state = load_checkpoint(last) if resume else None
-        if state is not None and state["algorithm"] != cfg.algorithm_name:
-            raise CheckpointError(
-                f"{last} was written by algorithm '{state['algorithm']}' but the config asks for "
-                f"'{cfg.algorithm_name}'; resume with the run's own config or use another --out"
-            )
+        state, self.changes = None, {}
+        if resume:
+            state = load_checkpoint(last, required=RESUME_KEYS)
+            if state["algorithm"] != self.cfg.algorithm_name:
+                raise CheckpointError(
+                    f"{last} was written by algorithm '{state['algorithm']}' but the config asks "
+                    f"for '{self.cfg.algorithm_name}'; resume with the run's own config or use "
+                    f"another --out"
+                )
+            self.cfg = self._accept_changes(state, last)
+        cfg, t = self.cfg, self.cfg.train
 
         splits = split_names(cfg.data)
         train_split = load_split(cfg.data, cfg.data.train_split).to(self.device)
@@ -117,30 +240,96 @@ class Trainer:
         self.schedule = make_schedule(self.optimizer, t)
         self.generator = torch.Generator().manual_seed(t.seed)
         self.step, self.best_val, self.elapsed_s = 0, None, 0.0
+        self.window: dict[str, list[float]] = {}  # metrics of the steps since the last log line
+        self.saved_step: int | None = None  # the step last.pt holds
         self.metric = "mse" if is_regression(train_split) else "accuracy"  # what best_val measures
         self._started = time.monotonic()
         if state is not None:
             self._restore(state, last)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            self.saved_step = self.step
+        try:
+            atomic_write_text(
+                self.run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+            )
+        except OSError as e:
+            raise CheckpointError(
+                f"could not write {self.run_dir / 'config.yaml'} ({e.strerror})"
+            ) from None
         self.log = MetricsLog(self.run_dir, self.step if state is not None else None, t.tensorboard)
+        if state is not None:
+            self._record_resume()
+
+    def _accept_changes(self, state: dict, last: Path) -> Config:
+        """The config to resume with: refused when it changes a setting outside RESUMABLE; a
+        missing data_dir is taken from the run."""
+        cfg = self.cfg
+        try:
+            old = parse_config(state["config"], str(last))
+        except ConfigError as e:
+            raise CheckpointError(
+                f"{e} (the config stored in the checkpoint); resume with the metalab version "
+                f"that wrote it"
+            ) from None
+        if cfg.data.data_dir is None and old.data.data_dir is not None:
+            data = dataclasses.replace(cfg.data, data_dir=old.data.data_dir)
+            cfg = dataclasses.replace(cfg, data=data)
+        a, b = _settings(old), _settings(cfg)
+        changed = {
+            k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)
+        }
+        refused = [f"{k} {v[0]!r} → {v[1]!r}" for k, v in changed.items() if k not in RESUMABLE]
+        if refused:
+            raise ConfigError(
+                f"--resume with changed settings ({', '.join(refused)}): {last} was trained "
+                f"with the former and the run's record would no longer be true; resume with the "
+                f"run's own settings ({self.run_dir / 'config.yaml'}) or train into another "
+                f"--out (a resume may change: {', '.join(sorted(RESUMABLE))})"
+            )
+        if "train.steps" in changed:
+            if cfg.train.steps < state["step"]:
+                raise ConfigError(
+                    f"--steps {cfg.train.steps} is below the step {last} has reached "
+                    f"({state['step']}); pass --steps {state['step']} or more to --resume"
+                )
+            if cfg.train.lr_schedule == "cosine":
+                raise ConfigError(
+                    f"--steps cannot change on --resume with train.lr_schedule cosine (its length "
+                    f"is train.steps = {old.train.steps}); resume with --steps {old.train.steps}"
+                )
+        self.changes = changed
+        return cfg
+
+    def _record_resume(self) -> None:
+        """One line per resume in resumes.jsonl: when, from which step, which settings changed."""
+        line = {
+            "step": self.step,
+            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "changed": {k: list(v) for k, v in self.changes.items()},
+        }
+        path = self.run_dir / "resumes.jsonl"
+        try:
+            with path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(line) + "\n")
+        except OSError as e:
+            raise TrainingError(f"could not append to {path} ({e.strerror})") from None
 
     def _restore(self, state: dict, path: Path) -> None:
         try:
             self.learner.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as e:
+            self.schedule.load_state_dict(state["scheduler"])
+            self.generator.set_state(state["rng"]["sampler"])
+            self.step, self.best_val = int(state["step"]), state["best_val"]
+            self.elapsed_s = float(state["elapsed_s"])
+            self.window = {
+                str(k): [float(x) for x in v] for k, v in state.get("log_window", {}).items()
+            }
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise CheckpointError(
-                f"{path} does not fit this config's model or optimizer "
-                f"({str(e).splitlines()[0]}); resume with the run's own config"
+                f"{path} does not fit this config's model or optimizer ({first}); resume with "
+                f"the run's own config"
             ) from None
-        self.schedule.load_state_dict(state["scheduler"])
-        self.generator.set_state(state["rng"]["sampler"])
-        self.step, self.best_val, self.elapsed_s = (
-            state["step"],
-            state["best_val"],
-            state["elapsed_s"],
-        )
 
     def state(self) -> dict:
         return {
@@ -155,25 +344,43 @@ class Trainer:
             "scheduler": self.schedule.state_dict(),
             "rng": {"sampler": self.generator.get_state()},
             "best_val": self.best_val,
-            "elapsed_s": self.elapsed_s
-            + time.monotonic()
-            - self._started,  # over all sessions of the run
+            # over all sessions of the run
+            "elapsed_s": self.elapsed_s + time.monotonic() - self._started,
+            "log_window": {k: list(v) for k, v in self.window.items()},
         }
+
+    def _save(self, name: str) -> None:
+        try:
+            save_checkpoint(self.run_dir / name, self.state())
+        except CheckpointError as e:
+            raise _WriteFailed(str(e)) from None
+        if name == "last.pt":
+            self.saved_step = self.step
+
+    def _log(self, step: int, values: dict[str, Any]) -> None:
+        try:
+            self.log.write(step, values)
+        except TrainingError as e:
+            raise _WriteFailed(str(e)) from None
 
     def validate(self) -> None:
         if self.val_set is None:
             return
         result = evaluate(self.learner, self.val_set, self.cfg.eval.batch)
-        self.log.write(self.step, {f"val_{result.metric}": result.value, "val_ci95": result.ci95})
+        self._log(self.step, {f"val_{result.metric}": result.value, "val_ci95": result.ci95})
         if result.better_than(self.best_val):
             self.best_val = result.value
-            save_checkpoint(self.run_dir / "best.pt", self.state())
+            self._save("best.pt")
+
+    def close(self) -> None:
+        """Close the logs and release the run folder (done by `fit`)."""
+        self.log.close()
+        self.rundir.close()
 
     def fit(self) -> TrainResult:
         t = self.cfg.train
         start = self._started = time.monotonic()
         budget_s = None if t.max_minutes is None else 60.0 * t.max_minutes
-        window: dict[str, list[float]] = {}
         stopped = "steps"
         bar = tqdm(
             total=t.steps,
@@ -184,62 +391,136 @@ class Trainer:
             dynamic_ncols=True,
         )
         self.learner.train()
+        signals = _StopSignals()
         try:
-            while self.step < t.steps:
-                if budget_s is not None and time.monotonic() - start >= budget_s:
-                    stopped = "time"
-                    break
-                self._train_step(window)
-                if self.step % t.log_every == 0:
-                    means = {k: sum(v) / len(v) for k, v in window.items()}
-                    means["lr"] = self.optimizer.param_groups[0]["lr"]
-                    self.log.write(self.step, means)
-                    bar.set_postfix({k: f"{v:.4g}" for k, v in means.items()}, refresh=False)
-                    window.clear()
-                if t.val_every > 0 and self.step % t.val_every == 0:
-                    self.validate()
-                if self.step % t.checkpoint_every == 0:
-                    save_checkpoint(self.run_dir / "last.pt", self.state())
-                bar.update(1)
-                if self.on_step is not None:
-                    self.on_step(self.step)
-        except KeyboardInterrupt:
-            stopped = "interrupted"
+            with signals:
+                try:
+                    if self.saved_step is None:
+                        self._save("last.pt")  # step 0: resumable from the start
+                    while self.step < t.steps:
+                        if signals.received is not None:
+                            stopped = "interrupted"
+                            break
+                        if budget_s is not None and time.monotonic() - start >= budget_s:
+                            stopped = "time"
+                            break
+                        self._train_step()
+                        self._after_step(bar)
+                    if (
+                        self.val_set is not None
+                        and stopped != "interrupted"
+                        and (t.val_every <= 0 or self.step % t.val_every)
+                    ):
+                        self.validate()  # the final weights are always validated
+                    self._save("last.pt")
+                except _Diverged as d:
+                    raise self._diverged(d) from None
+                except KeyboardInterrupt as k:  # a second signal (or one the loop could not catch)
+                    name = str(k) if isinstance(k, _ForcedStop) else "KeyboardInterrupt"
+                    raise TrainingError(
+                        f"stopped at once by a second {name} during step {self.step + 1}; "
+                        f"{self._held()} (the steps after it are lost); continue with --resume"
+                    ) from None
+                except _WriteFailed as w:
+                    raise TrainingError(
+                        f"{w}; training stopped at step {self.step} and {self._held()}; free disk "
+                        f"space in {self.run_dir} and continue with --resume"
+                    ) from None
         finally:
             bar.close()
-        if (
-            self.val_set is not None
-            and stopped != "interrupted"
-            and (t.val_every <= 0 or self.step % t.val_every)
-        ):
-            self.validate()  # the final weights are always validated
-        save_checkpoint(self.run_dir / "last.pt", self.state())
-        self.log.close()
-        return TrainResult(self.run_dir, self.step, stopped, self.best_val, self.metric)
+            self.close()
+        return TrainResult(
+            self.run_dir, self.step, stopped, self.best_val, self.metric, signals.received
+        )
 
-    def _train_step(self, window: dict[str, list[float]]) -> None:
+    def _held(self) -> str:
+        last = self.run_dir / "last.pt"
+        if self.saved_step is None:
+            return f"no {last} was written"
+        return f"{last} holds step {self.saved_step}"
+
+    def _after_step(self, bar: tqdm) -> None:
+        t = self.cfg.train
+        if self.step % t.log_every == 0:
+            means = {k: sum(v) / len(v) for k, v in self.window.items()}
+            means["lr"] = self.optimizer.param_groups[0]["lr"]
+            self._log(self.step, means)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in means.items()}, refresh=False)
+            self.window.clear()
+        if t.val_every > 0 and self.step % t.val_every == 0:
+            self.validate()
+        if self.step % t.checkpoint_every == 0:
+            self._save("last.pt")
+        bar.update(1)
+        if self.on_step is not None:
+            self.on_step(self.step)
+
+    def _diverged(self, d: _Diverged) -> MetalabError:
+        advice = (
+            "lower the learning rate (--lr) or set train.grad_clip, and train again into "
+            "another --out"
+        )
+        if not d.rolled_back:
+            return TrainingError(
+                f"{d.problem} at step {self.step}; training stopped and {self._held()}, the last "
+                f"checkpoint (checked finite; the steps after it are dropped); {advice}"
+            )
+        try:
+            self._save("last.pt")
+        except _WriteFailed as w:
+            return TrainingError(
+                f"{d.problem} at step {self.step + 1}; training stopped, but {w}; {advice}"
+            )
+        return TrainingError(
+            f"{d.problem} at step {self.step + 1}; training stopped and {self._held()}, rolled "
+            f"back to the last weights checked finite; {advice}"
+        )
+
+    def _tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """Weights, buffers and optimizer state, named (for the finiteness check)."""
+        yield from self.learner.named_parameters()
+        yield from self.learner.named_buffers()
+        names = {id(p): n for n, p in self.learner.named_parameters()}
+        for p, st in self.optimizer.state.items():
+            for k, v in st.items():
+                if isinstance(v, torch.Tensor):
+                    yield f"the optimizer's {k} of {names.get(id(p), '?')}", v
+
+    def _train_step(self) -> None:
+        # what the forward pass changes before the loss is seen, to undo a failed step exactly
+        buffers = {n: b.detach().clone() for n, b in self.learner.named_buffers()}
+        rng = self.generator.get_state()
         batch = self.sampler.sample(self.generator)
         out = self.learner.meta_loss(batch)
         loss = float(out.loss.detach())
+        problem = None
         if not math.isfinite(loss):
-            save_checkpoint(
-                self.run_dir / "last.pt", self.state()
-            )  # weights are still those of the last good step
-            raise TrainingError(
-                f"the loss became {loss} at step {self.step + 1}; training stopped and "
-                f"{self.run_dir / 'last.pt'} holds the last good weights (step {self.step}); "
-                f"lower the learning rate (--lr) and continue with --resume"
-            )
-        self.optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
+            problem = f"the loss became {loss}"
+        elif (bad := first_nonfinite(self.learner.named_buffers())) is not None:
+            problem = f"buffer {bad} became non-finite (the loss stayed finite)"
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            grads = ((n, p.grad) for n, p in self.learner.named_parameters())
+            if (bad := first_nonfinite(grads)) is not None:
+                problem = f"the gradient of {bad} became non-finite"
+        if problem is not None:
+            with torch.no_grad():
+                for n, b in self.learner.named_buffers():
+                    b.copy_(buffers[n])
+            self.generator.set_state(rng)
+            self.optimizer.zero_grad(set_to_none=True)
+            raise _Diverged(problem, rolled_back=True)
         if self.cfg.train.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.learner.parameters(), self.cfg.train.grad_clip)
         self.optimizer.step()
         self.schedule.step()
         self.step += 1
-        window.setdefault("loss", []).append(loss)
+        if (bad := first_nonfinite(self._tensors())) is not None:
+            raise _Diverged(f"{bad} became non-finite after the update", rolled_back=False)
+        self.window.setdefault("loss", []).append(loss)
         for k, v in out.metrics.items():
-            window.setdefault(k, []).append(float(v))
+            self.window.setdefault(k, []).append(float(v))
 
 
 def train(cfg: Config, run_dir: str | Path, resume: bool = False, **kwargs) -> TrainResult:
