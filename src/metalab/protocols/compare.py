@@ -1,29 +1,24 @@
 """Side-by-side comparison of trained runs on the same fixed test episodes, with paired statistics.
 
-Every run is evaluated on exactly the same :class:`~metalab.tasks.episodes.FixedEpisodes` per (ways,
-shots), so
-two methods can be compared episode by episode: the paired difference of their per-episode
-accuracies
-``d_e = acc_a(e) − acc_b(e)`` has mean ``d̄`` and 95% confidence interval ``d̄ ± 1.96·s_d/√n`` (s_d
-with
-Bessel's correction). Pairing removes the between-episode variance that both methods share, so the
-interval is much narrower than the two separate intervals suggest.
+Every run is evaluated on exactly the same :class:`~metalab.tasks.episodes.FixedEpisodes` per
+(ways, shots), so two methods can be compared episode by episode: the paired difference of their
+per-episode accuracies ``d_e = acc_a(e) − acc_b(e)`` has mean ``d̄`` and 95% confidence interval
+``d̄ ± 1.96·s_d/√n`` (s_d with Bessel's correction). Pairing removes the between-episode variance
+that both methods share, so the interval is much narrower than the two separate intervals suggest.
 
     report = compare_runs([Path("runs/protonet"), Path("runs/baseline")], data_dir=None,
-    out_dir=Path("cmp"))
+                          out_dir=Path("cmp"))
 
 writes ``cmp/compare.md`` (tables), ``cmp/compare.json`` (numbers, skipped settings, environment)
-and
-``cmp/compare.png`` (accuracy against shots, one panel per ways). A method that cannot run a setting
-—
-a head with one output per training way (MAML, MANN, SNAIL, MetaNet), or a dataset with too few
-images
-per class for shots + queries — is skipped for that setting with the reason, not an error.
+and ``cmp/compare.png`` (per ways: error rate against shots on a log scale, and each method's paired
+difference to the first run). A method that cannot run a setting — a head with one output per
+training way (MAML, MANN, SNAIL, MetaNet), or a dataset with too few images per class for shots +
+queries — is skipped for that setting with the reason, not an error. ``dataset=`` scores every run
+on another dataset's episodes (cross-domain), each decoded as the run was trained.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 from collections.abc import Callable, Sequence
@@ -35,6 +30,7 @@ import torch
 from metalab.engine.build import load_learner
 from metalab.engine.evaluate import evaluate, mean_ci95
 from metalab.errors import ConfigError, DataError
+from metalab.protocols.target import check_fits, evaluation_data
 from metalab.tasks.episodes import FixedEpisodes
 from metalab.tasks.sources import load_split
 from metalab.tools.provenance import environment
@@ -92,35 +88,38 @@ def compare_runs(
     checkpoint: str = "best",
     command: str | None = None,
     log: Callable[[str], None] | None = None,
+    dataset: str | None = None,
 ) -> dict[str, Any]:
-    """Evaluate trained runs on the same fixed episodes for every (ways, shots); write md, json and
-    png.
+    """Evaluate trained runs on the same fixed episodes for every (ways, shots); write md, json
+    and png.
 
     Args:
-        runs: run directories (or checkpoint files); each method is named by its directory.
-        data_dir: the dataset folder (None: the one the first run was trained on).
+        runs: run directories (or checkpoint files); each method is named by its directory. The
+            first is the reference of the plot's paired differences.
+        data_dir: the dataset folder (None: the one the first run was trained on; needed with
+            ``dataset``).
         out_dir: where compare.md, compare.json and compare.png are written (created).
-        ways, shots: the settings, every combination. queries: per class, lowered to what the images
-            allow (Omniglot has 20 per class: 10 shots leave 10 queries; 20 shots none, so it is
-            skipped).
-        episodes, seed: the fixed episode set of each setting (the field's protocol: 1000 episodes).
+        ways, shots: the settings, every combination. queries: per class, lowered to what the
+            images allow (Omniglot has 20 per class: 10 shots leave 10 queries; 20 shots none, so
+            it is skipped).
+        episodes, seed: the fixed episode set of each setting (the field's protocol: 1000).
         split, batch, checkpoint: test split, episodes per evaluation batch, best or last
-        checkpoint.
+            checkpoint.
         command: the command line that produced the comparison, recorded in compare.json.
         log: called with one line per evaluated (method, setting), e.g. ``print``.
+        dataset: another registered dataset to evaluate every run on (cross-domain), its images
+            decoded as each run was trained (None: the runs' own dataset).
 
     Returns:
         The dict written to compare.json: ``settings``, ``methods`` (per method and setting
-        accuracy,
-        ci95 or ``skipped``), ``paired`` (per setting and pair of methods: difference, ci95,
-        significant).
+        accuracy, ci95 or ``skipped``), ``paired`` (per setting and pair of methods: difference,
+        ci95, significant).
 
     Raises:
-        ConfigError: runs trained on different test splits (dataset, scheme, rotations). Runs that
-        differ
-            only in image size, channels or inversion are compared on the same episodes (the same
-            images,
-            each rendered as the run was trained).
+        ConfigError: runs trained on different test splits (dataset, scheme, rotations), or a
+            ``dataset`` whose inputs cannot fit a run. Runs that differ only in image size,
+            channels or inversion are compared on the same episodes (the same images, each
+            rendered as the run was trained).
     """
     if not runs:
         raise ConfigError("compare needs at least one run directory")
@@ -132,10 +131,18 @@ def compare_runs(
             name = str(run)
         learners[name] = (learner, cfg, state, run)
     _, first_cfg, _, first_run = next(iter(learners.values()))
-    reference = _split_identity(first_cfg.data)
-    for _, cfg, _, run in learners.values():
-        if _split_identity(cfg.data) != reference:
-            theirs = _split_identity(cfg.data)
+    if data_dir is None and dataset in (None, first_cfg.data.dataset):
+        data_dir = first_cfg.data.data_dir
+    # what each run is evaluated on: its own data, or ``dataset`` decoded as the run's
+    data_of = {
+        name: evaluation_data(cfg, state, dataset, data_dir)
+        for name, (_, cfg, state, _) in learners.items()
+    }
+    first_name = next(iter(learners))
+    reference = _split_identity(data_of[first_name])
+    for name, (_, _, _, run) in learners.items():
+        if _split_identity(data_of[name]) != reference:
+            theirs = _split_identity(data_of[name])
             diff = ", ".join(
                 f"data.{k} {theirs[k]!r} vs {reference[k]!r}"
                 for k in _SPLIT_KEYS
@@ -146,13 +153,12 @@ def compare_runs(
                 f"that share one test split"
             )
     tests = {}  # one test split per rendering, all holding the same classes and images
-    for _, cfg, _, _run in learners.values():
-        if _render(cfg.data) not in tests:
-            data = dataclasses.replace(
-                cfg.data, data_dir=str(data_dir) if data_dir else first_cfg.data.data_dir
-            )
-            tests[_render(cfg.data)] = load_split(data, split).to(device)
-    test = tests[_render(first_cfg.data)]
+    for name, (_, _, state, _) in learners.items():
+        data = data_of[name]
+        if _render(data) not in tests:
+            tests[_render(data)] = load_split(data, split).to(device)
+        check_fits(tests[_render(data)], state, data)
+    test = tests[_render(data_of[first_name])]
     for other in tests.values():
         if other.class_names != test.class_names or not torch.equal(
             other.counts.cpu(), test.counts.cpu()
@@ -191,15 +197,15 @@ def compare_runs(
             for m in methods.values():
                 m["results"][key] = {"skipped": str(e)}
             continue
-        first = fixed[_render(first_cfg.data)]
+        first = fixed[_render(data_of[first_name])]
         # the same classes and image indices at every rendering: one episode set
         assert all(
             torch.equal(f.classes, first.classes) and torch.equal(f.index, first.index)
             for f in fixed.values()
         )
-        for name, (learner, cfg, *_rest) in learners.items():
+        for name, (learner, *_rest) in learners.items():
             try:
-                result = evaluate(learner, fixed[_render(cfg.data)], batch)
+                result = evaluate(learner, fixed[_render(data_of[name])], batch)
             except (ConfigError, DataError) as e:  # e.g. a head with one output per training way
                 methods[name]["results"][key] = {"skipped": str(e)}
                 continue
@@ -302,37 +308,87 @@ def markdown_report(report: dict[str, Any]) -> str:
 
 
 def plot_report(report: dict[str, Any], path: Path) -> None:
-    """Accuracy (± CI) against shots per method, one panel per ways; written as PNG with the Agg
-    canvas."""
+    """compare.png: per ways, the error rate (100 − accuracy, ± CI) against shots on a log scale,
+    and below it each method's paired difference to the first method (± paired CI, same episodes)
+    on a symmetric log scale (linear within ±1 point, logarithmic beyond), so methods within a
+    point of each other stay apart and a method 50 points behind stays in view. Markers of one
+    setting are spread sideways so their intervals do not hide each other. Written with the Agg
+    canvas (no display, no global backend change)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import LogLocator, NullLocator
 
     ways = sorted({s["ways"] for s in report["settings"]})
-    fig = Figure(figsize=(5 * len(ways) + 3, 4), layout="constrained")
+    shots = sorted({s["shots"] for s in report["settings"]})
+    names = list(report["methods"])
+    reference = names[0]
+    # b − a for every method b paired with the reference a (pairs run in method order)
+    versus = {(p["b"], p["setting"]): p for p in report["paired"] if p["a"] == reference}
+    fig = Figure(figsize=(5 * len(ways) + 3.5, 7.5), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(ways), squeeze=False)[0]
-    for ax, n in zip(axes, ways):
-        for name, m in report["methods"].items():
-            points = [
-                (s["shots"], m["results"][s["name"]]) for s in report["settings"] if s["ways"] == n
+    axes = fig.subplots(2, len(ways), squeeze=False, sharex=True)
+    colors = [f"C{i}" for i in range(10)]
+    markers = "osD^v<>pPX*h"
+    width = 0.7 / max(len(names), 1)  # sideways spread of one setting's markers
+    for col, n in enumerate(ways):
+        top, bottom = axes[0, col], axes[1, col]
+        for i, name in enumerate(names):
+            style = dict(
+                color=colors[i % len(colors)],
+                marker=markers[i % len(markers)],
+                capsize=2,
+                markersize=5,
+                label=name,
+            )
+            offset = (i - (len(names) - 1) / 2) * width
+            rows = [
+                (shots.index(s["shots"]) + offset, report["methods"][name]["results"][s["name"]], s)
+                for s in report["settings"]
+                if s["ways"] == n
             ]
-            points = [(k, r) for k, r in points if "accuracy" in r]
-            if points:
-                ax.errorbar(
-                    [k for k, _ in points],
-                    [r["accuracy"] for _, r in points],
-                    yerr=[r["ci95"] for _, r in points],
-                    marker="o",
-                    capsize=3,
-                    label=name,
+            done = [(x, r) for x, r, _ in rows if "accuracy" in r]
+            if done:
+                error = [max(100.0 - r["accuracy"], _FLOOR) for _, r in done]
+                low = [min(r["ci95"], e - _FLOOR / 2) for (_, r), e in zip(done, error)]
+                top.errorbar(
+                    [x for x, _ in done],
+                    error,
+                    yerr=[low, [r["ci95"] for _, r in done]],
+                    linestyle="-",
+                    linewidth=1,
+                    **style,
                 )
-        ax.set_xticks(sorted({s["shots"] for s in report["settings"]}))
-        ax.set_title(f"{n}-way ({report['dataset']})")
-        ax.set_xlabel("shots per class")
-        ax.set_ylabel("accuracy (%)")
-        ax.grid(alpha=0.3)
+            diffs = [
+                (x, versus[name, s["name"]]) for x, _, s in rows if (name, s["name"]) in versus
+            ]
+            if diffs:
+                bottom.errorbar(
+                    [x for x, _ in diffs],
+                    [-p["difference"] for _, p in diffs],
+                    yerr=[p["ci95"] for _, p in diffs],
+                    linestyle="none",
+                    **style,
+                )
+        top.set_yscale("log")
+        top.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        top.yaxis.set_minor_locator(NullLocator())
+        top.yaxis.set_major_formatter(_percent)
+        top.set_title(f"{n}-way ({report['dataset']})")
+        top.set_ylabel("error rate (%, log scale)")
+        bottom.axhline(0.0, color=colors[0], linewidth=1, linestyle="--")
+        bottom.set_yscale("symlog", linthresh=1.0)
+        lo, hi = bottom.get_ylim()
+        bottom.set_yticks([t for t in _DIFF_TICKS if lo <= t <= hi])
+        bottom.yaxis.set_minor_locator(NullLocator())
+        bottom.yaxis.set_major_formatter(_points)
+        bottom.set_title(f"paired difference to {reference}", fontsize="medium")
+        bottom.set_ylabel("accuracy difference (points)")
+        bottom.set_xlabel("shots per class")
+        bottom.set_xticks(range(len(shots)), [str(k) for k in shots])
+        for ax in (top, bottom):
+            ax.grid(alpha=0.3, which="both")
     handles = {}  # one legend beside the panels, clear of the curves; every method once
-    for ax in axes:
+    for ax in axes.flat:
         handles |= {
             label: h for h, label in zip(*ax.get_legend_handles_labels()) if label not in handles
         }
@@ -341,3 +397,15 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
             list(handles.values()), list(handles), loc="outside right center", fontsize="small"
         )
     fig.savefig(path, dpi=120)
+
+
+_DIFF_TICKS = [s * v for v in (100, 50, 20, 10, 5, 2, 1, 0.5) for s in (-1, 1)] + [0]
+_FLOOR = 0.01  # error rates are drawn at least this high (percent): 0 has no place on a log scale
+
+
+def _percent(value: float, _pos: int) -> str:
+    return f"{value:g}"
+
+
+def _points(value: float, _pos: int) -> str:
+    return f"{value:+g}" if value else "0"

@@ -1,39 +1,34 @@
 """Lake, Salakhutdinov & Tenenbaum (Science, 2015)'s one-shot classification challenge on Omniglot.
 
 Twenty runs of 20-way 1-shot classification within one alphabet of the evaluation set: each run
-shows
-one image of each of 20 characters (``training/``) and 20 test images (``test/``), one per
-character,
-drawn by other people; a trial is one test image, so the challenge has 400 trials. Published error
-rates: humans 4.5%, Bayesian Program Learning (BPL) 3.3%, a Siamese ConvNet (Koch et al. 2015) 8.0%,
-a simple ConvNet 13.5%; trained on a minimal background set of 5 alphabets only (small1 / small2):
-BPL 4.3% / 4.0%, the ConvNet 24.0% / 22.3%.
+shows one image of each of 20 characters (``training/``) and 20 test images (``test/``), one per
+character, drawn by other people; a trial is one test image, so the challenge has 400 trials.
+Published error rates: humans 4.5%, Bayesian Program Learning (BPL) 3.3%, a Siamese ConvNet (Koch
+et al. 2015) 8.0%, a simple ConvNet 13.5%; trained on a minimal background set of 5 alphabets only
+(small1 / small2): BPL 4.3% / 4.0%, the ConvNet 24.0% / 22.3%.
 
 Two evaluation modes:
 
-- :func:`evaluate_challenge` reads the official runs
-(``python/one-shot-classification/all_runs.zip``
-  of github.com/brendenlake/omniglot, the zip itself or unzipped): folders ``run01/`` … ``run20/``,
-  each
-  with ``class_labels.txt`` whose lines pair a test image with its true training image, e.g.
-  ``run01/test/item01.png run01/training/class08.png`` (paths relative to the folder holding the
-  runs).
-- :func:`evaluate_within_alphabet` samples fixed 20-way 1-shot episodes (one query per class) within
-one
-  alphabet of the evaluation set (``data.scheme: lake``, split ``test``, ``within_group``) — the
-  same kind
-  of task in any number, with a confidence interval. Unlike the official runs it does not control
-  that
-  support and query images come from different drawers.
+- :func:`evaluate_challenge` reads the official runs (``python/one-shot-classification/
+  all_runs.zip`` of github.com/brendenlake/omniglot, the zip itself or unzipped): folders
+  ``run01/`` … ``run20/``, each with ``class_labels.txt`` whose lines pair a test image with its
+  true training image, e.g. ``run01/test/item01.png run01/training/class08.png`` (paths relative to
+  the folder holding the runs).
+- :func:`evaluate_within_alphabet` samples fixed 20-way 1-shot episodes (one query per class)
+  within one alphabet of the evaluation set (``data.scheme: lake``, split ``test``,
+  ``within_group``) — the same kind of task in any number, with a confidence interval. Unlike the
+  official runs it does not control that support and query images come from different drawers.
 
 The runs come from the evaluation alphabets, so a model must be trained on the background alphabets
 only (``data.scheme`` lake, lake-small1 or lake-small2), as Lake et al. did.
-:func:`check_background_only`
-refuses a run trained on the Vinyals split, which trains on some evaluation alphabets.
+:func:`check_background_only` refuses a run trained on the Vinyals split, which trains on some
+evaluation alphabets. :class:`Challenge` is the protocol ``metalab eval --challenge-runs`` and
+``--within-alphabet`` pick.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import re
@@ -50,6 +45,7 @@ from metalab.data.base import Preprocess
 from metalab.data.imaging import decode_image
 from metalab.engine.evaluate import evaluate
 from metalab.errors import ConfigError, DataError
+from metalab.protocols.base import Evaluation, Protocol
 from metalab.tasks.episodes import Episode, FixedEpisodes, to_float
 from metalab.tasks.sources import load_split
 
@@ -286,3 +282,84 @@ def evaluate_within_alphabet(
         "dataset": fixed.sampler.dataset.name,
         "protocol": "within-alphabet 20-way 1-shot",
     }
+
+
+class Challenge(Protocol):
+    """``metalab eval --challenge-runs RUNS`` (the official 20 runs) or ``--within-alphabet``
+    (fixed 20-way 1-shot episodes within one evaluation alphabet): error rate in percent."""
+
+    name = "omniglot-challenge"
+    flags = ("challenge_runs", "within_alphabet")
+
+    def add_flags(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--challenge-runs",
+            metavar="DIR",
+            help="Lake et al.'s one-shot challenge: the official runs (all_runs.zip or its "
+            "folder); reports error_rate",
+        )
+        parser.add_argument(
+            "--within-alphabet",
+            action="store_true",
+            help="20-way 1-shot within-alphabet episodes on the evaluation alphabets (Lake et al. "
+            "2015)",
+        )
+
+    def refusal(self, ev: Evaluation) -> str | None:
+        flag = (
+            "--challenge-runs"
+            if getattr(ev.options, "challenge_runs", None)
+            else ("--within-alphabet")
+        )
+        dataset = getattr(ev.options, "dataset", None)
+        pre = ev.state.get("preprocess")
+        if dataset and dataset != "omniglot":
+            return (
+                f"{flag} evaluates on Omniglot's evaluation alphabets, not on --dataset {dataset}; "
+                "drop --dataset"
+            )
+        if pre is None:
+            return (
+                f"{flag} classifies images, but {ev.state['path']} was trained on "
+                f"'{ev.cfg.data.dataset}', which has none; evaluate a run trained on images"
+            )
+        if flag == "--within-alphabet" and pre["channels"] != 1:
+            return (
+                f"{flag} draws grayscale Omniglot images, but {ev.state['path']} was trained on "
+                f"{pre['channels']}-channel images; use --challenge-runs, decoded as the run was"
+            )
+        return None
+
+    def run(self, ev: Evaluation) -> dict:
+        options = ev.options
+        warning = check_background_only(ev.cfg)  # refuses a run trained on evaluation alphabets
+        if getattr(options, "challenge_runs", None):
+            report = evaluate_challenge(
+                ev.learner,
+                Path(options.challenge_runs),
+                Preprocess(**ev.state["preprocess"]),
+                ev.device,
+            )
+        else:
+            data_dir = getattr(options, "data_dir", None)
+            report = evaluate_within_alphabet(
+                ev.learner,
+                ev.cfg,
+                Path(data_dir) if data_dir else None,
+                getattr(options, "episodes", None) or 1000,
+                getattr(options, "seed", None) or 0,
+                ev.device,
+            )
+        return report | {
+            "algorithm": ev.cfg.algorithm_name,
+            "checkpoint": str(ev.state["path"]),
+            "step": ev.state["step"],
+            "warning": warning,
+        }
+
+    def text(self, report: dict) -> str:
+        warning = report.get("warning")
+        return (
+            f"{report['algorithm']}: error rate {report['error_rate']:.2f}% over "
+            f"{report['trials']} trials" + (f" (warning: {warning})" if warning else "")
+        )

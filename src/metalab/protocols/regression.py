@@ -1,23 +1,22 @@
 """Sinusoid regression evaluation (Finn et al. 2017, §5.1, Fig. 2 and 3): MSE against inner steps.
 
-    curve = regression_curve(learner, source)   # {5: {"mse": [11 values], "ci95": [...]}, 10: ...,
-    20: ...}
+    curve = regression_curve(learner, source)   # {5: {"mse": [11 values], "ci95": [...]}, ...}
     plot_regression("curve.png", curve, baseline_curve, example_fits(learner, source, baseline=pre))
 
 Each point of a curve is the engine's protocol (:func:`metalab.engine.evaluate.evaluate`): the mean
-MSE
-over a fixed set of test tasks and its 95% interval, here after ``steps = 0..max_steps`` inner steps
-on
-K support points (``learner.predict(episode, steps=k)``). The task sets are a function of (split, K,
-queries, count, seed) only, so MAML and the pre-trained baseline are measured on the same tasks, and
-the K = 5, 10, 20 sets share their sinusoids (see :mod:`metalab.tasks.sinusoid`).
+MSE over a fixed set of test tasks and its 95% interval, here after ``steps = 0..max_steps`` inner
+steps on K support points (``learner.predict(episode, steps=k)``). The task sets are a function of
+(split, K, queries, count, seed) only, so MAML and the pre-trained baseline are measured on the same
+tasks, and the K = 5, 10, 20 sets share their sinusoids (see :mod:`metalab.tasks.sinusoid`).
 
-The baseline is the network "pretrained on all tasks" (algorithm ``pretrain``, configs/sinusoid/
-pretrained.yaml), a run of its own: ``metalab eval MAML_RUN --baseline PRETRAINED_RUN``.
+The baseline is the network "pretrained on all tasks" (algorithm ``pretrain``,
+configs/sinusoid/pretrained.yaml), a run of its own: ``metalab eval MAML_RUN --baseline
+PRETRAINED_RUN``. :class:`Regression` is the protocol ``metalab eval`` picks for a regression run.
 """
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,10 @@ import torch
 
 from metalab.algorithms.base import MetaLearner
 from metalab.engine.evaluate import evaluate
-from metalab.tasks.episodes import Episode, fixed_episodes
+from metalab.errors import ConfigError
+from metalab.protocols.base import Evaluation, Protocol
+from metalab.protocols.standard import standard_report
+from metalab.tasks.episodes import Episode, fixed_episodes, is_regression
 from metalab.tasks.sinusoid import sinusoid
 
 SHOTS = (5, 10, 20)  # K of the paper's curves
@@ -196,3 +198,85 @@ def regression_report(
         "baseline_curve": None if base is None else as_json(base),
         "plot": str(path),
     }
+
+
+class Regression(Protocol):
+    """``metalab eval`` on a regression run: the standard report plus the MSE-by-step curve for
+    each K, the pre-trained baseline's curve on the same tasks (``--baseline``) and a PNG
+    (``--plot``)."""
+
+    name = "regression"
+    flags = ("baseline", "plot")
+    automatic = True
+
+    def add_flags(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--baseline",
+            metavar="RUN",
+            help="regression: a run of the pre-trained baseline "
+            "(configs/sinusoid/pretrained.yaml) measured on the same tasks, reported as "
+            "baseline_curve",
+        )
+        parser.add_argument(
+            "--plot",
+            metavar="PATH",
+            help="regression: where to write the PNG plot "
+            "(default: regression-<split>.png beside the checkpoint)",
+        )
+
+    def refusal(self, ev: Evaluation) -> str | None:
+        if is_regression(ev.split):
+            return None
+        return (
+            "--baseline and --plot are for regression runs (sinusoid); "
+            f"this run was trained on {ev.cfg.data.dataset}"
+            + (
+                f" and is evaluated on {ev.data.dataset}"
+                if ev.data.dataset != ev.cfg.data.dataset
+                else ""
+            )
+        )
+
+    def run(self, ev: Evaluation) -> dict[str, Any]:
+        from metalab.engine.build import load_learner
+
+        report, _ = standard_report(ev)
+        options, e = ev.options, ev.settings
+        baseline = None
+        if getattr(options, "baseline", None):
+            checkpoint = getattr(options, "checkpoint", None) or "best"
+            baseline, bcfg, bstate = load_learner(options.baseline, ev.device, checkpoint)
+            report["baseline"] = str(bstate["path"])
+            if bcfg.data.dataset != ev.data.dataset:
+                raise ConfigError(
+                    f"--baseline {options.baseline} was trained on '{bcfg.data.dataset}', not "
+                    f"'{ev.data.dataset}'; train it with configs/sinusoid/pretrained.yaml"
+                )
+        plot = getattr(options, "plot", None) or (
+            Path(ev.state["path"]).parent / f"regression-{e.split}.png"
+        )
+        shots = (options.shots,) if getattr(options, "shots", None) else None
+        return report | regression_report(ev.learner, ev.split, e, baseline, plot, shots)
+
+    def text(self, report: dict[str, Any]) -> str:
+        r = report
+        lines = [
+            f"{r['algorithm']} on {r['dataset']}, {r['shots']}-shot ({r['queries']} query points), "
+            f"{r['episodes']} tasks: MSE {r['mse']:.3f} ± {r['ci95']:.3f}"
+        ]
+        for k, row in r["curve"].items():
+            lines.append(
+                f"  K={k:<3s} MSE by step 0..{len(row['mse']) - 1}: "
+                + " ".join(f"{v:.3f}" for v in row["mse"])
+            )
+            if r["baseline_curve"]:
+                lines.append(
+                    "        pretrained baseline:  "
+                    + " ".join(f"{v:.3f}" for v in r["baseline_curve"][k]["mse"])
+                )
+        if not r["baseline_curve"]:
+            lines.append(
+                "  (no baseline: pass --baseline RUN, a run of configs/sinusoid/pretrained.yaml)"
+            )
+        lines.append(f"  plot: {r['plot']}")
+        return "\n".join(lines)
