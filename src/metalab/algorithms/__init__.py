@@ -13,4 +13,4 @@ from metalab.algorithms.optimization import (  # noqa: F401
     meta_lstm,  # noqa: F401
     reptile,
 )
-from metalab.algorithms.transfer import finetune  # noqa: F401
+from metalab.algorithms.transfer import contrastive, finetune  # noqa: F401
