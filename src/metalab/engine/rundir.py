@@ -69,6 +69,13 @@ class RunDir:
         p = self.path
         if p.exists() and not p.is_dir():
             raise RunDirError(f"--out {p} is a file, not a folder; choose another --out")
+        if p.is_dir():  # refuse before touching anything: no lock file left in a refused folder
+            fd = self._acquire(create=False)
+            if fd is not None:
+                os.close(fd)
+            self._check(resume)
+        elif resume:
+            self._check(resume)
         self._created = not p.exists()
         try:
             p.mkdir(parents=True, exist_ok=True)
@@ -76,24 +83,31 @@ class RunDir:
             raise RunDirError(
                 f"cannot create the run folder --out {p} ({e.strerror}); choose another --out"
             ) from None
-        self._lock()
+        self._fd = self._acquire(create=True)
         try:
-            self._check(resume)
+            self._check(resume)  # again, now that the folder is ours
             for tmp in p.iterdir():
                 if is_temporary(tmp):  # a save killed half-way (we hold the lock: nobody writes)
                     tmp.unlink(missing_ok=True)
         except BaseException:
             self.close(discard=True)
             raise
+        os.ftruncate(self._fd, 0)
+        os.write(self._fd, f"{os.getpid()}\n".encode())
         return self
 
-    def _lock(self) -> None:
+    def _acquire(self, create: bool) -> int | None:
+        """The lock file's descriptor, locked; None when `create` is false and there is none."""
         lock = self.path / LOCK
         try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(lock, os.O_RDWR | (os.O_CREAT if create else 0), 0o644)
+        except FileNotFoundError:
+            if create:
+                raise
+            return None
         except OSError as e:
             raise RunDirError(
-                f"cannot create the lock file {lock} ({e.strerror}); check the permissions of "
+                f"cannot open the lock file {lock} ({e.strerror}); check the permissions of "
                 f"--out {self.path}"
             ) from None
         if fcntl is not None:
@@ -108,13 +122,13 @@ class RunDir:
                     f"--out {self.path} is in use by another training (pid {holder}); wait for it "
                     f"to end or choose another --out"
                 ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
+        return fd
 
     def _check(self, resume: bool) -> None:
         p = self.path
-        entries = sorted(e.name for e in p.iterdir() if e.name != LOCK and not is_temporary(e))
+        entries = []
+        if p.is_dir():
+            entries = sorted(e.name for e in p.iterdir() if e.name != LOCK and not is_temporary(e))
         if resume:
             if (p / "last.pt").is_file():
                 return
