@@ -22,6 +22,8 @@ from metalab.registry import DATASETS
 from metalab.tasks.episodes import input_shape
 from metalab.tasks.sources import DatasetSpec
 
+_DECODING = ("image_size", "channels", "invert", "encoder")  # DataConfig fields that shape inputs
+
 
 def _shape(shape: Any) -> str:
     return "×".join(str(int(s)) for s in shape)
@@ -55,26 +57,30 @@ def evaluation_data(
         )
     spec: DatasetSpec = DATASETS.get(dataset)
     pre = state.get("preprocess")
-    render = {k: pre[k] for k in ("image_size", "channels", "invert")} if pre else {}
-    data = DataConfig(dataset=dataset, data_dir=data_dir, **render)
+    # the run's decoding travels with it: image size, channels, inversion (as recorded in the
+    # checkpoint, whatever its own dataset implied) and the sentence encoder of text runs
+    decoding = {k: getattr(cfg.data, k) for k in _DECODING if hasattr(cfg.data, k)}
+    decoding |= {k: pre[k] for k in ("image_size", "channels", "invert")} if pre else {}
+    data = DataConfig(dataset=dataset, data_dir=data_dir, **decoding)
     theirs = spec.preprocess(data)
-    if (theirs is None) != (pre is None):
-        same = [
-            n for n in DATASETS.names() if _decodes_images(DATASETS.get(n)) == (pre is not None)
-        ]
-        kind = "images" if theirs is not None else "no images"
+    trained = f"{state['path']} was trained on '{cfg.data.dataset}' inputs of shape "
+    trained += _shape(state["input_shape"])
+    if pre is not None and theirs is None:
+        images = [n for n in DATASETS.names() if _decodes_images(DATASETS.get(n))]
         raise ConfigError(
-            f"--dataset {dataset} holds {kind}, but {state['path']} was trained on "
-            f"'{cfg.data.dataset}' inputs of shape {_shape(state['input_shape'])}; evaluate it "
-            f"on a dataset of its kind: {', '.join(same)}"
+            f"--dataset {dataset} holds no images, but {trained}; evaluate it on an image "
+            f"dataset: {', '.join(images)}"
+        )
+    if pre is None and theirs is not None:
+        raise ConfigError(
+            f"--dataset {dataset} holds images, but {trained}; evaluate it on data like its own"
         )
     if theirs is not None:
         shape = (theirs.channels, theirs.image_size, theirs.image_size)
         if tuple(shape) != tuple(state["input_shape"]):
             raise ConfigError(
-                f"--dataset {dataset} decodes images as {_shape(shape)}, but {state['path']} was "
-                f"trained on {_shape(state['input_shape'])} inputs; evaluate it on a dataset "
-                f"decoded like its own ('{cfg.data.dataset}')"
+                f"--dataset {dataset} decodes images as {_shape(shape)}, but {trained}; "
+                f"evaluate it on a dataset decoded like its own"
             )
     return data
 
