@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -370,13 +371,17 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
                     **style,
                 )
         top.set_yscale("log")
-        top.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        lo, hi = top.get_ylim()
+        few = math.log10(hi / lo) < 1.5  # less than 1.5 decades: more labelled ticks
+        top.yaxis.set_major_locator(LogLocator(subs=(1, 1.5, 2, 3, 5, 7) if few else (1, 2, 5)))
         top.yaxis.set_minor_locator(NullLocator())
         top.yaxis.set_major_formatter(_percent)
         top.set_title(f"{n}-way ({report['dataset']})")
         top.set_ylabel("error rate (%, log scale)")
         bottom.axhline(0.0, color=colors[0], linewidth=1, linestyle="--")
         bottom.set_yscale("symlog", linthresh=1.0)
+        bottom.margins(y=0.06)
+        bottom.autoscale_view()
         lo, hi = bottom.get_ylim()
         bottom.set_yticks([t for t in _DIFF_TICKS if lo <= t <= hi])
         bottom.yaxis.set_minor_locator(NullLocator())
