@@ -137,7 +137,7 @@ def read_clinc150(root: Path) -> LabelledTexts:
     if not isinstance(data, dict):
         raise _fail(str(path), f"expected a JSON object with keys {', '.join(CLINC150_PARTS)}")
     out = LabelledTexts("clinc150", sources=[path])
-    for part, expected in CLINC150_PARTS.items():
+    for part in CLINC150_PARTS:
         rows = data.get(part)
         if not isinstance(rows, list):
             raise _fail(str(path), f'no list "{part}" (expected {", ".join(CLINC150_PARTS)})')
@@ -151,7 +151,8 @@ def read_clinc150(root: Path) -> LabelledTexts:
             if part.startswith("oos") != (row[1] == "oos"):
                 raise _fail(where, f"intent {row[1]!r} in part {part!r}")
             out.add(text, row[1], part)
-        _check_counts(path, f'sentences in "{part}"', len(rows), expected)
+    for part, expected in CLINC150_PARTS.items():  # rows first: a bad row is named before counts
+        _check_counts(path, f'sentences in "{part}"', out.parts.count(part), expected)
     _check_counts(path, "intents", len(out.classes(("train",))), 150)
     for part, expected in CLINC150_PER_INTENT.items():
         for intent, n in out.counts((part,)).items():
