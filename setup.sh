@@ -19,5 +19,5 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
       --extra-index-url https://download.pytorch.org/whl/cpu
   fi
 fi
-"$PY" -m pip install -e ".[dev]"
+"$PY" -m pip install -e ".[dev,text]"
 echo "metalab is set up in $VENV: activate it with 'source $VENV/bin/activate'"
