@@ -49,7 +49,9 @@ class Range:
 
     def describe(self) -> str:
         def num(x: float) -> str:
-            return str(int(x)) if float(x).is_integer() and abs(x) < 1e16 else f"{x:g}"
+            if isinstance(x, int) or (x.is_integer() and abs(x) < 1e16):
+                return str(int(x))
+            return f"{x:g}"
 
         if self.choices is not None:
             return "one of " + ", ".join(str(c) for c in self.choices)
@@ -161,7 +163,8 @@ class DataConfig(Checked):
     # text datasets: the sentence encoder (all-MiniLM-L6-v2, a local sentence-transformers folder,
     # or hash[-DIM]); sentences are embedded once by it and cached
     encoder: str = "all-MiniLM-L6-v2"
-    # image datasets: given | none (the training split unlabeled: UMTRA tasks, tasks/unsupervised.py)
+    # image datasets: given | none (the training split unlabeled: UMTRA tasks,
+    # tasks/unsupervised.py)
     labels: str = option("given", choices=("given", "none"))
     # augmentations of training images (tasks/augment.py AugmentConfig keys); None: not augmented
     augment: dict[str, Any] | None = None
