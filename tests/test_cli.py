@@ -223,3 +223,15 @@ def test_compare_and_challenge_commands(run_dir, data_dir, tmp_path, capsys):
     assert "vinyals" in one_error_line(
         capsys, ["eval", str(run_dir), "--within-alphabet", "--data-dir", str(data_dir)]
     )
+
+
+def test_module_entry_points_run_the_same_main():
+    import subprocess
+    import sys
+
+    for module in ("metalab", "metalab.cli"):  # benchmarks/accuracy.py runs metalab.cli
+        done = subprocess.run(
+            [sys.executable, "-m", module, "list"], capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+        assert "algorithms:" in done.stdout and "datasets:" in done.stdout
