@@ -64,9 +64,8 @@ _RUN = re.compile(r"^(.*?)(run\d+)/" + re.escape(LABELS) + "$")
 @dataclass
 class ChallengeRun:
     """One run: an episode of one task with support = the training images (sorted by file name,
-    label =
-    position) and query = the test images in ``class_labels.txt`` order, labelled with their true
-    class."""
+    label = position) and query = the test images in ``class_labels.txt`` order, labelled with
+    their true class."""
 
     name: str
     support_files: list[str]
@@ -77,9 +76,8 @@ class ChallengeRun:
 @contextlib.contextmanager
 def _open_runs(path: Path) -> Iterator[tuple[list[str], Callable[[str], bytes], str]]:
     """The runs' ``class_labels.txt`` paths, a reader of paths relative to the folder holding the
-    runs, and
-    how to name that folder in messages. ``path``: all_runs.zip, the unzipped folder, or a folder
-    holding either."""
+    runs, and how to name that folder in messages. ``path``: all_runs.zip, the unzipped folder, or
+    a folder holding either."""
     path = Path(path)
     if path.is_dir() and not any(path.glob(f"*/{LABELS}")):
         for candidate in (path / "all_runs.zip", path / "all_runs"):
@@ -176,9 +174,9 @@ def evaluate_challenge(
     """Error rate of ``learner.predict`` on the official runs (every test image is one trial).
 
     Returns:
-        ``{"error_rate": percent over all trials, "trials": 400, "runs": 20, "per_run_error":
-        [percent, ...],
-        "errors": count}`` (trials and runs as found in ``runs_dir``).
+        ``{"error_rate": percent over all trials, "trials": 400, "runs": 20,
+        "per_run_error": [percent, ...], "errors": count}`` (trials and runs as found in
+        ``runs_dir``).
     """
     runs = read_challenge_runs(runs_dir, preprocess)
     was_training = learner.training
@@ -208,9 +206,8 @@ def check_background_only(cfg: Config) -> str | None:
     """Refuse a run whose training data may include the challenge's evaluation alphabets.
 
     Returns None for Omniglot trained on background alphabets only (``data.scheme`` lake,
-    lake-small1,
-    lake-small2) and a warning string for any other dataset (metalab cannot tell what a folder
-    holds).
+    lake-small1, lake-small2) and a warning string for any other dataset (metalab cannot tell what
+    a folder holds).
 
     Raises:
         ConfigError: the run was trained on the Vinyals split, whose train and val splits include
@@ -220,18 +217,15 @@ def check_background_only(cfg: Config) -> str | None:
     if data.dataset != "omniglot":
         return (
             f"this run was trained on dataset '{data.dataset}' ({data.data_dir}); metalab cannot "
-            "check that it "
-            "holds none of Omniglot's evaluation alphabets, from which the challenge's runs are "
-            "drawn: the error "
-            f"rate means nothing if it does"
+            "check that it holds none of Omniglot's evaluation alphabets, from which the "
+            "challenge's runs are drawn: the error rate means nothing if it does"
         )
     if data.scheme not in BACKGROUND_ONLY:
         raise ConfigError(
             f"this run was trained on Omniglot data.scheme '{data.scheme}', whose training "
-            "classes include "
-            "evaluation alphabets, from which the one-shot challenge's runs are drawn; train on "
-            "the "
-            f"background alphabets only (data.scheme {', '.join(BACKGROUND_ONLY)}), e.g. "
+            "classes include evaluation alphabets, from which the one-shot challenge's runs are "
+            "drawn; train on the background alphabets only "
+            f"(data.scheme {', '.join(BACKGROUND_ONLY)}), e.g. "
             f"{', '.join(BACKGROUND_PRESETS)}"
         )
     return None
@@ -267,8 +261,8 @@ def evaluate_within_alphabet(
     device: torch.device = torch.device("cpu"),
     batch: int = 25,
 ) -> dict:
-    """Error rate (and its 95% CI) of ``learner`` on :func:`within_alphabet_episodes`: 20 trials per
-    episode."""
+    """Error rate (and its 95% CI) of ``learner`` on :func:`within_alphabet_episodes`: 20 trials
+    per episode."""
     fixed = within_alphabet_episodes(cfg, data_dir, episodes, seed, device)
     result = evaluate(learner, fixed, batch)
     return {
@@ -306,11 +300,8 @@ class Challenge(Protocol):
         )
 
     def refusal(self, ev: Evaluation) -> str | None:
-        flag = (
-            "--challenge-runs"
-            if getattr(ev.options, "challenge_runs", None)
-            else ("--within-alphabet")
-        )
+        runs = getattr(ev.options, "challenge_runs", None)
+        flag = "--challenge-runs" if runs else "--within-alphabet"
         dataset = getattr(ev.options, "dataset", None)
         pre = ev.state.get("preprocess")
         if dataset and dataset != "omniglot":
