@@ -56,11 +56,12 @@ def load_learner(
             f"does not have; choices: {', '.join(ALGORITHMS.names())}"
         )
     cfg = parse_config(state["config"], str(path))
-    learner = build_learner(cfg, state["input_shape"], seed=0)
+    learner = build_learner(cfg, tuple(state["input_shape"]), seed=0)
     try:
         learner.load_state_dict(state["model"])
-    except RuntimeError as e:
-        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+    except (RuntimeError, TypeError, ValueError, KeyError, AttributeError) as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
+        first = lines[1] if len(lines) > 1 else lines[0]
         raise CheckpointError(
             f"{path}: the weights do not fit a '{cfg.algorithm_name}' model ({first})"
         ) from None
