@@ -36,13 +36,11 @@ from metalab.tasks.episodes import FixedEpisodes
 from metalab.tasks.sources import load_split
 from metalab.tools.provenance import environment
 
-# The data settings that define the test tasks: runs differing in one of these see different
-# characters.
+# The data settings that define the test tasks: runs differing in one of these see other classes.
 _SPLIT_KEYS = ("dataset", "scheme", "rotations")
-# The settings that only render the same images differently: such runs get the same episodes, each
-# at its
-# own resolution (e.g. MANN's 20×20 beside Conv-4's 28×28).
-_RENDER_KEYS = ("image_size", "channels", "invert")
+# The settings that only render the same examples differently: such runs get the same episodes,
+# each as it was trained (MANN's 20×20 beside Conv-4's 28×28; a text run's sentence encoder).
+_RENDER_KEYS = ("image_size", "channels", "invert", "encoder")
 
 
 def paired_difference(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
