@@ -70,9 +70,9 @@ def test_first_order_meta_gradient_is_the_query_gradient_at_the_adapted_weights(
 
 
 def test_metasgd_inner_rates_receive_gradients():
-    model = learner("metasgd")
+    model = learner("metasgd", parallel="vmap")
     assert len(model.inner_lrs) == len(list(model.net.parameters()))
-    meta_gradient(model, "vmap", episode())
+    model.meta_loss(episode()).loss.backward()
     assert all(r.grad is not None and r.grad.abs().sum() > 0 for r in model.inner_lrs)
 
 
@@ -109,10 +109,8 @@ def test_predict_adapts_under_no_grad_and_nil_scores_by_similarity():
 def test_vmap_and_loop_predict_agree():
     model, ep = learner("maml", eval_inner_steps=3), episode()
     with torch.no_grad():
-        model.options.parallel = "vmap"
-        a = model.predict(ep)
-        model.options.parallel = "loop"
-        b = model.predict(ep)
+        a = model.replace(parallel="vmap").predict(ep)
+        b = model.replace(parallel="loop").predict(ep)
     assert torch.allclose(a, b, rtol=0, atol=1e-12)
 
 

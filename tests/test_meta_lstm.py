@@ -158,5 +158,5 @@ def test_ways_must_match():
     )
     with pytest.raises(ConfigError, match="train.ways = 20 but eval.ways = 5"):
         ALGORITHMS.get("meta_lstm").from_config(cfg, (1, 28, 28))
-    with pytest.raises(ConfigError, match="has 3 outputs"):
+    with pytest.raises(ConfigError, match="have 2 ways .* trained with 3; evaluate with --ways 3"):
         MetaLSTM(MetaLSTM.Config(hidden=8), (1, H, H), 3).predict(episode(torch.float32))

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from metalab.algorithms.metric.distances import class_sums, cosine_similarity, per_class
+from metalab.algorithms.distances import class_sums, cosine_similarity, per_class
 from metalab.algorithms.metric.matching import MatchingNet, attention
 from metalab.algorithms.metric.relation import RelationNet, relation_pairs
 from metalab.algorithms.metric.siamese import SiameseNet, koch_distortion, weighted_l1

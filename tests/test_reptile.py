@@ -52,10 +52,8 @@ def test_sgd_step_on_the_surrogate_is_the_reptile_update(inner_optimizer):
 
 def test_vmap_and_loop_adapt_identically():
     model, ep = learner(), episode()
-    model.options.parallel = "vmap"
-    fv, lv = model.run(ep, 3, 2)
-    model.options.parallel = "loop"
-    fl, ll = model.run(ep, 3, 2)
+    fv, lv = model.replace(parallel="vmap").run(ep, 3, 2)
+    fl, ll = model.replace(parallel="loop").run(ep, 3, 2)
     # Conv biases feed BatchNorm, which cancels them: their gradient is round-off, which Adam
     # normalises
     # to ±lr, so they are left out of the comparison.

@@ -153,10 +153,8 @@ def test_predict_after_k_steps():
         none = model.predict(ep, steps=0)
         assert none.shape == (3, 6, 1)
         assert torch.allclose(none, model.net(ep.query_x.flatten(0, 1)).view(3, 6, 1))
-        model.options.parallel = "vmap"
-        a = model.predict(ep, steps=3)
-        model.options.parallel = "loop"
-        b = model.predict(ep, steps=3)
+        a = model.replace(parallel="vmap").predict(ep, steps=3)
+        b = model.replace(parallel="loop").predict(ep, steps=3)
     assert torch.allclose(a, b, rtol=0, atol=1e-12)
     on_support = replace(ep, query_x=ep.support_x, query_y=ep.support_y)
     with torch.no_grad():

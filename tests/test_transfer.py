@@ -87,8 +87,7 @@ def test_cosine_head_by_hand():
 
 
 def test_baseline_pp_pretraining_logits_are_scaled_cosines():
-    learner = BaselinePP(BaselinePP.Config(hidden=8), (1, 28, 28))
-    learner._build_head(300, seed=0)
+    learner = BaselinePP(BaselinePP.Config(hidden=8, classes=300), (1, 28, 28))
     assert learner.head.bias is None
     x = torch.rand(4, 1, 28, 28)
     z = learner.backbone(x)
@@ -192,8 +191,9 @@ def test_finetuning_is_per_task_and_reproducible():
     )  # the head does learn the support labels
 
 
-def test_finetuned_head_fits_a_separable_support_set():
-    learner = small(finetune_epochs=100)
+@pytest.mark.parametrize("head", ["linear", "cosine"])
+def test_finetuned_head_fits_a_separable_support_set(head):
+    learner = small(finetune_epochs=100, head=head)
     learner.backbone = (
         torch.nn.Flatten()
     )  # known embeddings: the pixels, of norm 5 (Conv-4 features: a few units)
@@ -208,9 +208,7 @@ def test_finetuned_head_fits_a_separable_support_set():
         torch.arange(4)[None],
         4,
     )
-    for head in ("linear", "cosine"):
-        learner.options.head = head
-        assert torch.equal(learner.predict(episode).argmax(-1), episode.query_y)
+    assert torch.equal(learner.predict(episode).argmax(-1), episode.query_y)
 
 
 # --- paired statistics

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from metalab.algorithms.base import MetaLearner, StepOutput, classification_step
-from metalab.algorithms.metric.distances import cosine_similarity, output_shape, per_class
+from metalab.algorithms.base import MetaLearner, StepOutput, classification_step, output_shape
+from metalab.algorithms.distances import cosine_similarity, per_class
 from metalab.errors import ConfigError
 from metalab.models import build_backbone
 from metalab.registry import ALGORITHMS
@@ -92,8 +92,10 @@ class MatchingNet(MetaLearner):
         fce: bool = False  # Full Context Embeddings (the paper's appendix)
         fce_steps: int = 5  # K, read steps of the attention LSTM (FCE only)
 
-    def __init__(self, options: MatchingNet.Config, input_shape: tuple[int, ...]) -> None:
-        super().__init__()
+    def __init__(
+        self, options: MatchingNet.Config, input_shape: tuple[int, ...], ways: int | None = None
+    ) -> None:
+        super().__init__(options, input_shape, ways)
         if options.fce_steps < 1:
             raise ConfigError(
                 f"algorithm.fce_steps {options.fce_steps} is invalid: it must be at least 1"
@@ -102,7 +104,6 @@ class MatchingNet(MetaLearner):
             raise ConfigError(
                 f"algorithm.cosine_scale {options.cosine_scale} is invalid: it must be positive"
             )
-        self.options = options
         self.encoder = build_backbone(
             options.backbone, in_channels=input_shape[0], hidden=options.hidden
         )

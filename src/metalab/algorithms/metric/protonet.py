@@ -22,22 +22,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from metalab.algorithms.base import MetaLearner, StepOutput, classification_step
+from metalab.algorithms.distances import prototypes, squared_euclidean
 from metalab.errors import ConfigError
 from metalab.models import build_backbone
 from metalab.registry import ALGORITHMS
 from metalab.tasks.episodes import Episode
-
-
-def prototypes(support: Tensor, labels: Tensor, ways: int) -> Tensor:
-    """Eq. (1): class means of the support embeddings. (B, S, D), (B, S) → (B, N, D); any shots per
-    class."""
-    one_hot = F.one_hot(labels, ways).to(support.dtype)  # (B, S, N)
-    return one_hot.transpose(1, 2) @ support / one_hot.sum(1)[..., None]
-
-
-def squared_euclidean(query: Tensor, protos: Tensor) -> Tensor:
-    """(B, M, D), (B, N, D) → (B, M, N) squared distances."""
-    return (query[:, :, None, :] - protos[:, None, :, :]).pow(2).sum(-1)
 
 
 @ALGORITHMS.register("protonet")
@@ -49,13 +38,14 @@ class ProtoNet(MetaLearner):
         distance: str = "euclidean"  # euclidean (paper) | cosine
         cosine_scale: float = 10.0  # logits = cosine_scale · cos(f(x), c_k) when distance = cosine
 
-    def __init__(self, options: ProtoNet.Config, input_shape: tuple[int, ...]) -> None:
-        super().__init__()
+    def __init__(
+        self, options: ProtoNet.Config, input_shape: tuple[int, ...], ways: int | None = None
+    ) -> None:
+        super().__init__(options, input_shape, ways)
         if options.distance not in ("euclidean", "cosine"):
             raise ConfigError(
                 f"algorithm.distance '{options.distance}' is unknown; choices: euclidean, cosine"
             )
-        self.options = options
         self.encoder = build_backbone(
             options.backbone, in_channels=input_shape[0], hidden=options.hidden
         )

@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metalab.algorithms.base import MetaLearner, StepOutput, accuracy
-from metalab.algorithms.metric.distances import class_sums, output_shape
+from metalab.algorithms.base import MetaLearner, StepOutput, accuracy, output_shape
+from metalab.algorithms.distances import class_sums
 from metalab.models import conv_block
 from metalab.registry import ALGORITHMS
 from metalab.tasks.episodes import Episode
@@ -81,9 +81,10 @@ class RelationNet(MetaLearner):
             8  # units of the relation module's first fully connected layer (Omniglot: 8)
         )
 
-    def __init__(self, options: RelationNet.Config, input_shape: tuple[int, ...]) -> None:
-        super().__init__()
-        self.options = options
+    def __init__(
+        self, options: RelationNet.Config, input_shape: tuple[int, ...], ways: int | None = None
+    ) -> None:
+        super().__init__(options, input_shape, ways)
         h = options.hidden
         self.encoder = nn.Sequential(
             conv_block(input_shape[0], h),

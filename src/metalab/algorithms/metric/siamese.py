@@ -44,8 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metalab.algorithms.base import MetaLearner, StepOutput
-from metalab.algorithms.metric.distances import output_shape, per_class
+from metalab.algorithms.base import MetaLearner, StepOutput, output_shape
+from metalab.algorithms.distances import per_class
 from metalab.config import Config as RunConfig
 from metalab.data.base import ClassIndexedDataset
 from metalab.errors import ConfigError
@@ -126,13 +126,14 @@ class SiameseNet(MetaLearner):
             "mean"  # K-shot class score: mean | max of p over the class's support images
         )
 
-    def __init__(self, options: SiameseNet.Config, input_shape: tuple[int, ...]) -> None:
-        super().__init__()
+    def __init__(
+        self, options: SiameseNet.Config, input_shape: tuple[int, ...], ways: int | None = None
+    ) -> None:
+        super().__init__(options, input_shape, ways)
         if options.shot_reduce not in ("mean", "max"):
             raise ConfigError(
                 f"algorithm.shot_reduce '{options.shot_reduce}' is unknown; choices: mean, max"
             )
-        self.options = options
         if options.backbone == "koch":
             convs = koch_convnet(input_shape[0])
         else:

@@ -73,8 +73,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metalab.algorithms.base import MetaLearner, StepOutput, require_equal_ways
-from metalab.config import Config, algorithm_options
+from metalab.algorithms.base import MetaLearner, StepOutput, output_shape
+from metalab.config import Config
 from metalab.data.base import ClassIndexedDataset
 from metalab.errors import ConfigError
 from metalab.models import build_backbone
@@ -180,7 +180,7 @@ class MANN(MetaLearner):
         label_alphabet: int = 5  # symbols per character (paper: 5, "a"-"e")
 
     def __init__(self, options: MANN.Config, input_shape: tuple[int, ...], ways: int = 5) -> None:
-        super().__init__()
+        super().__init__(options, input_shape, ways)
         if options.encoder not in ("flat", "conv4"):
             raise ConfigError(
                 f"algorithm.encoder '{options.encoder}' is unknown; choices: flat, conv4"
@@ -203,12 +203,11 @@ class MANN(MetaLearner):
                 f"algorithm.read_heads = {options.read_heads} exceeds algorithm.slots = "
                 f"{options.slots}"
             )
-        self.options, self.ways = options, ways
+        self.fixed_ways = options.labels == "onehot"  # one output unit per way; strings: any N
         o = options
         if o.encoder == "conv4":
             self.encoder = build_backbone("conv4", in_channels=input_shape[0], hidden=o.hidden)
-            with torch.no_grad():
-                features = self.encoder(torch.zeros(2, *input_shape)).shape[-1]
+            (features,) = output_shape(self.encoder, input_shape, "MANN's conv4 encoder")
         else:
             self.encoder, features = nn.Flatten(), int(torch.tensor(input_shape).prod())
         reads = self.reads_size = o.read_heads * o.slot_width if o.memory else 0
@@ -225,13 +224,6 @@ class MANN(MetaLearner):
             if self.strength is not None:
                 nn.init.constant_(self.strength.bias, 9.0)
         self.out = nn.Linear(o.controller + reads, label)
-
-    @classmethod
-    def from_config(cls, cfg: Config, input_shape: tuple[int, ...]) -> MANN:
-        options = algorithm_options(cfg, cls.Config)
-        if options.labels == "onehot":
-            require_equal_ways(cfg, "has one output unit per label (string labels do not)")
-        return cls(options, input_shape, cfg.train.ways)
 
     @property
     def string_labels(self) -> tuple[int, int]:
@@ -409,11 +401,6 @@ class MANN(MetaLearner):
         class's
         score is the log-probability of its string (the sum over its characters)."""
         o, n = self.options, episode.ways
-        if o.labels == "onehot" and n != self.ways:
-            raise ConfigError(
-                f"the episodes have {n} ways but this MANN has {self.ways} label "
-                f"units; evaluate with --ways {self.ways} (or train with algorithm.labels=string)"
-            )
         b, m = episode.query_y.shape
         strings = None
         if o.labels == "string":
@@ -441,7 +428,7 @@ class MANN(MetaLearner):
     def protocol_report(self, split: Any, eval_cfg: Any) -> dict[str, Any]:
         """Santoro et al.'s sequence protocol on the evaluation split: accuracy by instance
         number."""
-        if self.options.labels == "onehot" and eval_cfg.ways != self.ways:
+        if self.fixed_ways and eval_cfg.ways != self.ways:
             return {}  # predict() explains the mismatch
         sequences = FixedSequences(
             split,
@@ -463,12 +450,10 @@ def instance_accuracy(
     fixed
     sequence set, e.g. ``{"1": 36.4, "2": 82.8, ..., "10": 98.1}``. The learner is put in eval
     mode."""
-    was_training = learner.training
-    learner.eval()
     device = next(learner.parameters()).device
     correct = torch.zeros(sequences.sampler.instances, dtype=torch.float64)
     total = torch.zeros_like(correct)
-    try:
+    with learner.eval_mode():
         for batch in sequences.batches(batch_size):
             batch = batch.to(device)
             hit = (
@@ -482,6 +467,4 @@ def instance_accuracy(
             k = batch.instance.cpu().flatten() - 1
             correct.index_add_(0, k, hit)
             total.index_add_(0, k, torch.ones_like(hit))
-    finally:
-        learner.train(was_training)
     return {str(i + 1): float(100.0 * c / n) for i, (c, n) in enumerate(zip(correct, total))}

@@ -39,9 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metalab.algorithms.base import MetaLearner, StepOutput, classification_step, require_equal_ways
-from metalab.config import Config, algorithm_options
-from metalab.errors import ConfigError
+from metalab.algorithms.base import MetaLearner, StepOutput, classification_step, output_shape
 from metalab.models import build_backbone
 from metalab.registry import ALGORITHMS
 from metalab.tasks.episodes import Episode
@@ -72,6 +70,8 @@ class CoordinateMLP(nn.Module):
 
 @ALGORITHMS.register("metanet")
 class MetaNet(MetaLearner):
+    fixed_ways = True  # the base learner has one output per way
+
     @dataclass
     class Config:
         backbone: str = "conv4"  # body of both the base and the representation learner
@@ -82,8 +82,7 @@ class MetaNet(MetaLearner):
     def __init__(
         self, options: MetaNet.Config, input_shape: tuple[int, ...], ways: int = 5
     ) -> None:
-        super().__init__()
-        self.options, self.ways = options, ways
+        super().__init__(options, input_shape, ways)
         o, c = options, input_shape[0]
         self.base_body = build_backbone(
             o.backbone, in_channels=c, hidden=o.hidden
@@ -91,8 +90,7 @@ class MetaNet(MetaLearner):
         self.repr_body = build_backbone(
             o.backbone, in_channels=c, hidden=o.hidden
         )  # u's convolutions
-        with torch.no_grad():
-            d = self.base_body(torch.zeros(2, *input_shape)).shape[-1]
+        (d,) = output_shape(self.base_body, input_shape, f"backbone '{o.backbone}'")
         h = o.head_hidden
         self.w1 = nn.Parameter(torch.randn(h, d) / math.sqrt(d))  # b's slow hidden layer W1
         self.w2 = nn.Parameter(torch.randn(ways, h) / math.sqrt(h))  # b's slow output layer W2
@@ -100,11 +98,6 @@ class MetaNet(MetaLearner):
         self.m = CoordinateMLP(o.meta_hidden)  # example-level fast weights
         self.d = CoordinateMLP(o.meta_hidden)  # task-level fast weights
         self.attention_scale = nn.Parameter(torch.tensor(10.0))
-
-    @classmethod
-    def from_config(cls, cfg: Config, input_shape: tuple[int, ...]) -> MetaNet:
-        require_equal_ways(cfg, "has a base learner with one output per way")
-        return cls(algorithm_options(cfg, cls.Config), input_shape, cfg.train.ways)
 
     def represent(self, feats: Tensor, q_fast: Tensor | None) -> Tensor:
         """u: (B, n, D) features, (B, H, D) task fast weights Q* (or None) → (B, n, H)."""
@@ -146,11 +139,6 @@ class MetaNet(MetaLearner):
     def logits(self, episode: Episode) -> Tensor:
         """(B, N*Q, N) scores of b(W, W*) with each query's fast weights read from the support
         memory."""
-        if episode.ways != self.ways:
-            raise ConfigError(
-                f"the episodes have {episode.ways} ways but this MetaNet has {self.ways} outputs; "
-                f"evaluate with --ways {self.ways}"
-            )
         b, s = episode.support_y.shape
         x = torch.cat([episode.support_x, episode.query_x], 1).flatten(0, 1)
         base = self.base_body(x).unflatten(0, (b, -1))  # (B, S + M, D)

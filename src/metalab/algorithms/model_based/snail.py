@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metalab.algorithms.base import MetaLearner, StepOutput, classification_step, require_equal_ways
+from metalab.algorithms.base import MetaLearner, StepOutput, classification_step, output_shape
 from metalab.config import Config, algorithm_options
 from metalab.data.base import ClassIndexedDataset
 from metalab.errors import ConfigError
@@ -61,8 +61,7 @@ def embedding(
             nn.MaxPool2d(2),
         ]
     convs = nn.Sequential(*layers, nn.Flatten())
-    with torch.no_grad():
-        flat = convs(torch.zeros(2, *input_shape)).shape[-1]
+    (flat,) = output_shape(convs, input_shape, "SNAIL's embedding")
     return nn.Sequential(convs, nn.Linear(flat, features))
 
 
@@ -134,6 +133,8 @@ def tc_block(channels: int, length: int, filters: int) -> tuple[list[nn.Module],
 
 @ALGORITHMS.register("snail")
 class SNAIL(MetaLearner):
+    fixed_ways = True  # one label input and output per way
+
     @dataclass
     class Config:
         hidden: int = 64  # embedding conv filters (paper: 64)
@@ -146,14 +147,14 @@ class SNAIL(MetaLearner):
     def __init__(
         self, options: SNAIL.Config, input_shape: tuple[int, ...], ways: int = 5, shots: int = 1
     ) -> None:
-        super().__init__()
+        super().__init__(options, input_shape, ways)
         sizes = options.attention or [[64, 32], [256, 128], [512, 256]]
         if len(sizes) != 3 or any(len(kv) != 2 or min(kv) < 1 for kv in sizes):
             raise ConfigError(
                 f"algorithm.attention {options.attention} is invalid: give three [key, value] "
                 f"size pairs, e.g. [[64, 32], [256, 128], [512, 256]]"
             )
-        self.options, self.ways = options, ways
+        self.shots = shots
         self.embed = embedding(input_shape[0], options.hidden, options.features, input_shape)
         length = ways * shots + 1  # T
         c, layers = options.features + ways, []
@@ -168,8 +169,15 @@ class SNAIL(MetaLearner):
 
     @classmethod
     def from_config(cls, cfg: Config, input_shape: tuple[int, ...]) -> SNAIL:
-        require_equal_ways(cfg, "has one label input and output per way")
-        return cls(algorithm_options(cfg, cls.Config), input_shape, cfg.train.ways, cfg.train.shots)
+        """Also passes ``train.shots``: the length T = N·K + 1 sets the TC blocks' depth."""
+        learner = cls(
+            algorithm_options(cfg, cls.Config), input_shape, cfg.train.ways, cfg.train.shots
+        )
+        learner.check_config_ways(cfg)
+        return learner
+
+    def build_kwargs(self) -> dict[str, int]:
+        return {"shots": self.shots}
 
     def train_sampler(self, split: ClassIndexedDataset, cfg: Config) -> ShuffledSupportSampler:
         t = cfg.train
@@ -179,11 +187,6 @@ class SNAIL(MetaLearner):
 
     def sequence(self, episode: Episode) -> Pair:
         """Per-position outputs: support prefix (B, S, N) and every query after it (B, M, N)."""
-        if episode.ways != self.ways:
-            raise ConfigError(
-                f"the episodes have {episode.ways} ways but this SNAIL has {self.ways} label "
-                f"units; evaluate with --ways {self.ways}"
-            )
         b, s = episode.support_y.shape
         z = self.embed(torch.cat([episode.support_x, episode.query_x], 1).flatten(0, 1)).unflatten(
             0, (b, -1)

@@ -55,7 +55,6 @@ classification it runs too, but labels are relabelled per task, so it learns lit
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -63,40 +62,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metalab import functional as fn
-from metalab.algorithms.base import MetaLearner, StepOutput, accuracy, require_equal_ways
-from metalab.config import Config, algorithm_options
+from metalab.algorithms.base import MetaLearner, StepOutput, accuracy
+from metalab.algorithms.optimization.network import build_network
 from metalab.errors import ConfigError
-from metalab.models import build_backbone
 from metalab.registry import ALGORITHMS
 from metalab.tasks.episodes import Episode
 
 PARALLEL = ("auto", "vmap", "loop")
 
 
-def build_network(
-    backbone: str, hidden: int, input_shape: tuple[int, ...], ways: int
-) -> nn.Sequential:
-    """``net.backbone`` (BatchNorm on batch statistics only, no running statistics) then
-    ``net.head``, a
-    linear layer with one output per way: (batch, C, H, W) → (batch, ways); for regression (``ways =
-    0``)
-    one output: (batch, *input_shape) → (batch, 1)."""
-    body = build_backbone(
-        backbone, in_channels=input_shape[0], hidden=hidden, track_running_stats=False
-    )
-    with torch.no_grad():
-        features = body(torch.zeros(2, *input_shape)).shape[-1]
-    return nn.Sequential(OrderedDict(backbone=body, head=nn.Linear(features, ways or 1)))
-
-
-def check_ways(cfg: Config) -> None:
-    """The head has one output per way, so training and test ways must be equal."""
-    require_equal_ways(cfg, "has a head with one output per way")
-
-
 @ALGORITHMS.register("maml")
 class MAML(MetaLearner):
     regression = True  # ways = 0: one output, mean squared error
+    fixed_ways = True  # the head has one output per way
 
     @dataclass
     class Config:
@@ -117,7 +95,7 @@ class MAML(MetaLearner):
         parallel: str = "auto"
 
     def __init__(self, options: MAML.Config, input_shape: tuple[int, ...], ways: int = 5) -> None:
-        super().__init__()
+        super().__init__(options, input_shape, ways)
         if options.adapt not in ("all", "head"):
             raise ConfigError(f"algorithm.adapt '{options.adapt}' is unknown; choices: all, head")
         if options.parallel not in PARALLEL:
@@ -135,7 +113,6 @@ class MAML(MetaLearner):
                 "algorithm.nil is a classification method (a vote of support labels); "
                 "set it to false for regression (ways 0)"
             )
-        self.options, self.ways = options, ways
         self.auto = fn.AutoParallel()  # parallel: auto's measured choices
         self.task_loss = F.mse_loss if ways == 0 else F.cross_entropy  # inner and outer loss
         self.net = build_network(options.backbone, options.hidden, input_shape, ways)
@@ -149,11 +126,6 @@ class MAML(MetaLearner):
             if options.learn_inner_lr
             else []
         )
-
-    @classmethod
-    def from_config(cls, cfg: Config, input_shape: tuple[int, ...]) -> MetaLearner:
-        check_ways(cfg)
-        return cls(algorithm_options(cfg, cls.Config), input_shape, cfg.train.ways)
 
     def _adapted(self, params: fn.Params) -> fn.Params:
         """The inner loop's parameters among the learner's, named relative to the module they are
@@ -212,20 +184,6 @@ class MAML(MetaLearner):
         """Every task of the episode batch: the mean query loss (its backward gives the
         meta-gradient)
         and the query logits (B, N*Q, N) (regression: values (B, Q, 1))."""
-        if episode.ways != self.ways:
-            if 0 in (episode.ways, self.ways):
-                kinds = {0: "regression"}
-                raise ConfigError(
-                    f"the episodes are {kinds.get(episode.ways, 'classification')} tasks but this "
-                    f"{type(self).__name__} model was trained for "
-                    f"{kinds.get(self.ways, 'classification')}; "
-                    f"evaluate it on the dataset it was trained on"
-                )
-            raise ConfigError(
-                f"the episodes have {episode.ways} ways but this {type(self).__name__} model's "
-                "head "
-                f"has {self.ways} outputs; evaluate with --ways {self.ways}"
-            )
         task = lambda g, p, *t: self.task(g, p, *t, steps=steps)  # noqa: E731
         tasks = (episode.support_x, episode.support_y, episode.query_x, episode.query_y)
         # the faster one, timed on the first batch of each shape

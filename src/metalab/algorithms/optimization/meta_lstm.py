@@ -79,8 +79,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metalab.algorithms.base import MetaLearner, StepOutput, classification_step
-from metalab.algorithms.optimization.maml import build_network, check_ways
-from metalab.config import Config, algorithm_options
+from metalab.algorithms.optimization.network import build_network
 from metalab.errors import ConfigError
 from metalab.registry import ALGORITHMS
 from metalab.tasks.episodes import Episode
@@ -130,6 +129,8 @@ class MetaLSTMCell(nn.Module):
 class MetaLSTM(MetaLearner):
     """Ravi & Larochelle (2017); see the module docstring."""
 
+    fixed_ways = True  # the learner's head has one output per way
+
     @dataclass
     class Config:
         backbone: str = "conv4"  # the learner's body (built with track_running_stats=False)
@@ -149,7 +150,7 @@ class MetaLSTM(MetaLearner):
     def __init__(
         self, options: MetaLSTM.Config, input_shape: tuple[int, ...], ways: int = 5
     ) -> None:
-        super().__init__()
+        super().__init__(options, input_shape, ways)
         if options.inner_steps < 0:
             raise ConfigError(
                 f"algorithm.inner_steps = {options.inner_steps} is invalid: it must be at least 0"
@@ -158,7 +159,6 @@ class MetaLSTM(MetaLearner):
             raise ConfigError(
                 "meta_lstm is a classification method: ways must be at least 1 (no regression)"
             )
-        self.options, self.ways = options, ways
         net = build_network(options.backbone, options.hidden, input_shape, ways)
         self.names = [k for k, _ in net.named_parameters()]
         self.shapes = [p.shape for _, p in net.named_parameters()]
@@ -172,11 +172,6 @@ class MetaLSTM(MetaLearner):
         self.cell = MetaLSTMCell(
             options.lstm_hidden, options.forget_bias, options.input_bias
         )  # layer 2
-
-    @classmethod
-    def from_config(cls, cfg: Config, input_shape: tuple[int, ...]) -> MetaLearner:
-        check_ways(cfg)
-        return cls(algorithm_options(cfg, cls.Config), input_shape, cfg.train.ways)
 
     def learner(self, theta: Tensor, x: Tensor) -> Tensor:
         """The learner with flat parameters θ (P,) on a batch x (M, C, H, W) → logits (M, N)."""
@@ -209,11 +204,6 @@ class MetaLSTM(MetaLearner):
 
     def run(self, episode: Episode, steps: int) -> Tensor:
         """Adapt on each task's support set, one task after another; query logits (B, N*Q, N)."""
-        if episode.ways != self.ways:
-            raise ConfigError(
-                f"the episodes have {episode.ways} ways but this MetaLSTM model's head has "
-                f"{self.ways} outputs; evaluate with --ways {self.ways}"
-            )
         logits = [
             self.learner(
                 self.adapt(episode.support_x[b], episode.support_y[b], steps), episode.query_x[b]

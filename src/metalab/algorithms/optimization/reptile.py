@@ -44,8 +44,7 @@ from torch import Tensor
 
 from metalab import functional as fn
 from metalab.algorithms.base import MetaLearner, StepOutput, accuracy
-from metalab.algorithms.optimization.maml import build_network, check_ways
-from metalab.config import Config, algorithm_options
+from metalab.algorithms.optimization.network import build_network
 from metalab.errors import ConfigError
 from metalab.registry import ALGORITHMS
 from metalab.tasks.episodes import Episode
@@ -59,6 +58,8 @@ def interleave(n: int, per_class: int) -> Tensor:
 
 @ALGORITHMS.register("reptile")
 class Reptile(MetaLearner):
+    fixed_ways = True  # the head has one output per way
+
     @dataclass
     class Config:
         backbone: str = "conv4"  # Conv-4 with BatchNorm on batch statistics, as MAML
@@ -81,7 +82,7 @@ class Reptile(MetaLearner):
     def __init__(
         self, options: Reptile.Config, input_shape: tuple[int, ...], ways: int = 5
     ) -> None:
-        super().__init__()
+        super().__init__(options, input_shape, ways)
         if options.inner_optimizer not in ("adam", "sgd"):
             raise ConfigError(
                 f"algorithm.inner_optimizer '{options.inner_optimizer}' is unknown; choices: "
@@ -91,14 +92,8 @@ class Reptile(MetaLearner):
             raise ConfigError(
                 f"algorithm.parallel '{options.parallel}' is unknown; choices: auto, vmap, loop"
             )
-        self.options, self.ways = options, ways
         self.auto = fn.AutoParallel()  # parallel: auto's measured choices
         self.net = build_network(options.backbone, options.hidden, input_shape, ways)
-
-    @classmethod
-    def from_config(cls, cfg: Config, input_shape: tuple[int, ...]) -> MetaLearner:
-        check_ways(cfg)
-        return cls(algorithm_options(cfg, cls.Config), input_shape, cfg.train.ways)
 
     def adapt(self, params: fn.Params, sx: Tensor, sy: Tensor, steps: int, batch: int) -> fn.Params:
         """k steps of SGD or Adam (Kingma & Ba 2015) on one task's support set: (S, C, H, W), (S,) →
@@ -140,11 +135,6 @@ class Reptile(MetaLearner):
     def run(self, episode: Episode, steps: int, batch: int) -> tuple[fn.Params, Tensor]:
         """Adapted weights of every task (each (B, ...)) and query logits (B, N*Q, N); no
         gradients."""
-        if episode.ways != self.ways:
-            raise ConfigError(
-                f"the episodes have {episode.ways} ways but this Reptile model's head has "
-                f"{self.ways} outputs; evaluate with --ways {self.ways}"
-            )
         params = {k: p.detach() for k, p in fn.parameters(self.net).items()}
 
         def task(sx: Tensor, sy: Tensor, qx: Tensor) -> tuple[fn.Params, Tensor]:

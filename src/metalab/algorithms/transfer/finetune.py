@@ -51,18 +51,18 @@ from __future__ import annotations
 
 import math
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metalab import functional as fn
-from metalab.algorithms.base import MetaLearner, StepOutput, accuracy
-from metalab.algorithms.metric.protonet import prototypes, squared_euclidean
-from metalab.config import Config
+from metalab.algorithms.base import MetaLearner, StepOutput, accuracy, output_shape
+from metalab.algorithms.distances import prototypes, squared_euclidean
+from metalab.config import Config, algorithm_options
 from metalab.data.base import ClassIndexedDataset
-from metalab.errors import ConfigError
+from metalab.errors import ConfigError, MetalabError
 from metalab.models import build_backbone
 from metalab.registry import ALGORITHMS
 from metalab.tasks.episodes import Episode
@@ -147,6 +147,19 @@ def logistic_regression(
     return {"weight": w.detach().to(z.dtype), "bias": b.detach().to(z.dtype)}
 
 
+def training_classes(cfg: Config) -> int:
+    """The number of classes of the run's training split: the pre-training head's outputs."""
+    from metalab.tasks.sources import load_split
+
+    try:
+        return load_split(cfg.data, cfg.data.train_split).num_classes
+    except MetalabError as e:
+        raise ConfigError(
+            f"{cfg.algorithm_name}'s pre-training head has one output per training class, and the "
+            f"training split could not be counted ({e}); set algorithm.classes to that number"
+        ) from None
+
+
 def task_seed(support_x: Tensor, support_y: Tensor) -> int:
     """A seed that is a function of one task's support set (its images at 8 bits and its labels)."""
     pixels = (
@@ -161,6 +174,8 @@ class Baseline(MetaLearner):
     class Config:
         backbone: str = "conv4"  # Chen et al.: Conv-4 (1 input channel, 28×28) on Omniglot
         hidden: int = 64  # filters per conv block
+        # C, outputs of the pre-training head; None: the training split's classes (from_config)
+        classes: int | None = None
         # linear (Baseline) | cosine (Baseline++): the pre-training and the fine-tuned head
         head: str = "linear"
         cosine_scale: float | None = (
@@ -182,8 +197,15 @@ class Baseline(MetaLearner):
         logistic_c: float = 1.0  # inverse L2 strength (scikit-learn's default, used by Tian et al.)
         logistic_steps: int = 100  # L-BFGS iterations (scikit-learn's default max_iter)
 
-    def __init__(self, options: Baseline.Config, input_shape: tuple[int, ...]) -> None:
-        super().__init__()
+    def __init__(
+        self,
+        options: Baseline.Config,
+        input_shape: tuple[int, ...],
+        ways: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        """``seed`` draws the pre-training head's initial weights (``train.seed`` in a run)."""
+        super().__init__(options, input_shape, ways)
         for key, value, choices in (
             ("head", options.head, HEADS),
             ("classifier", options.classifier, CLASSIFIERS),
@@ -197,24 +219,36 @@ class Baseline(MetaLearner):
                 raise ConfigError(
                     f"algorithm.{key} = {getattr(options, key)} is invalid: it must be at least 1"
                 )
-        self.options = options
+        if options.classes is not None and options.classes < 1:
+            raise ConfigError(
+                f"algorithm.classes = {options.classes} is invalid: it must be at least 1"
+            )
         self.backbone = build_backbone(
             options.backbone, in_channels=input_shape[0], hidden=options.hidden
         )
-        with torch.no_grad():
-            self.features = self.backbone.eval()(torch.zeros(1, *input_shape)).shape[-1]
-        self.backbone.train()
-        self.register_module(
-            "head", None
-        )  # over the training classes: built by train_sampler or load_state_dict
+        (self.features,) = output_shape(
+            self.backbone, input_shape, f"backbone '{options.backbone}'"
+        )
+        # the classifier over all training classes (None: a learner that only predicts)
+        self.head = (
+            None if options.classes is None else self.pretraining_head(options.classes, seed)
+        )
+
+    @classmethod
+    def from_config(cls, cfg: Config, input_shape: tuple[int, ...]) -> Baseline:
+        """Also sizes the pre-training head (``algorithm.classes``, else the number of classes of
+        the training split) and draws it from ``train.seed``."""
+        options = algorithm_options(cfg, cls.Config)
+        if options.classes is None:
+            options = replace(options, classes=training_classes(cfg))
+        return cls(options, input_shape, cfg.train.ways, cfg.train.seed)
 
     # --- pre-training
     # -------------------------------------------------------------------------------
-    def _build_head(self, classes: int, seed: int) -> None:
+    def pretraining_head(self, classes: int, seed: int) -> nn.Linear:
         """The classifier over all training classes: weight ~ U(±1/√D) (as nn.Linear), bias 0
-        (authors' code)."""
-        device = next(self.backbone.parameters()).device
-        head = nn.Linear(self.features, classes, bias=self.options.head == "linear", device=device)
+        (authors' code), drawn from a generator seeded by ``seed``."""
+        head = nn.Linear(self.features, classes, bias=self.options.head == "linear")
         generator = torch.Generator().manual_seed(seed)
         bound = 1.0 / math.sqrt(self.features)
         with torch.no_grad():
@@ -223,20 +257,17 @@ class Baseline(MetaLearner):
             )
             if head.bias is not None:
                 head.bias.zero_()
-        self.head = head
+        return head
 
     def train_sampler(self, split: ClassIndexedDataset, cfg: Config) -> FlatBatchSampler:
-        """Flat mini-batches over every class of the training split; builds the head over its
-        classes."""
+        """Flat mini-batches over every class of the training split, one head output each."""
         if self.head is None or self.head.out_features != split.num_classes:
-            self._build_head(split.num_classes, cfg.train.seed)
+            raise ConfigError(
+                f"algorithm.classes = {self.options.classes} but the training split "
+                f"'{split.name}' has {split.num_classes} classes; set algorithm.classes to "
+                f"{split.num_classes} (or leave it unset: the training split's classes are counted)"
+            )
         return FlatBatchSampler(split, self.options.batch_size)
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        weight = state_dict.get("head.weight")
-        if weight is not None and (self.head is None or self.head.weight.shape != weight.shape):
-            self._build_head(weight.shape[0], seed=0)  # shape only: the values are loaded next
-        return super().load_state_dict(state_dict, strict, assign)
 
     def scale(self, classes: int) -> float:
         return self.options.cosine_scale or authors_cosine_scale(classes)
@@ -244,8 +275,8 @@ class Baseline(MetaLearner):
     def meta_loss(self, batch: FlatBatch) -> StepOutput:
         if self.head is None:
             raise ConfigError(
-                "the pre-training head is not built: get batches from train_sampler(split, cfg) "
-                "first"
+                "this baseline has no pre-training head: build it with algorithm.classes set "
+                "(from_config counts the training split's classes)"
             )
         z = self.backbone(batch.x)  # (batch, D)
         logits = head_logits(
