@@ -102,9 +102,9 @@ class RunDir:
         try:
             fd = os.open(lock, os.O_RDWR | (os.O_CREAT if create else 0), 0o644)
         except FileNotFoundError:
-            if create:
-                raise
-            return None
+            if not create:
+                return None
+            raise RunDirError(f"--out {self.path} vanished while it was opened") from None
         except OSError as e:
             raise RunDirError(
                 f"cannot open the lock file {lock} ({e.strerror}); check the permissions of "
