@@ -7,7 +7,9 @@ from pathlib import Path
 
 import torch
 
-from metalab.tools.bench import Setting, run_bench
+from fixtures.synthetic import register_synthetic
+from metalab.config import parse_config
+from metalab.tools.bench import Setting, bench_algorithm, maml_learners, run_bench
 
 
 def test_run_bench_reports_each_setting_with_ratio_and_batching_gain():
@@ -51,3 +53,24 @@ def test_device_checks_dry_run_lists_the_bench_and_both_maml_presets(tmp_path):
     assert "bench --device cpu" in lines[0] and f"{tmp_path}/bench-maml-cpu.json" in lines[0]
     assert "maml-5w1s.yaml" in lines[1] and "maml-20w1s.yaml" in lines[2]
     assert not any(tmp_path.iterdir())  # a dry run writes nothing
+
+
+def test_bench_algorithm_times_training_steps_of_any_registered_algorithm():
+    cfg = parse_config(
+        {
+            "algorithm": {"name": "protonet", "hidden": 8},
+            "data": {"dataset": register_synthetic()},
+            "train": {"ways": 3, "shots": 1, "queries": 2, "meta_batch": 2},
+        }
+    )
+    result = bench_algorithm(cfg, torch.device("cpu"), repeats=2, steps=2)
+    assert result["algorithm"] == "protonet" and result["steps"] == 2
+    assert len(result["seconds"]) == 2 and result["peak_bytes"] is None
+    assert abs(result["steps_per_s"] - 2 / min(result["seconds"])) < 1e-3 * result["steps_per_s"]
+
+
+def test_vmap_and_loop_learners_differ_only_in_their_option():
+    learners = maml_learners(Setting("tiny", 2, 1, 2, 1, 0.4), torch.device("cpu"))
+    assert {k: v.options.parallel for k, v in learners.items()} == {"vmap": "vmap", "loop": "loop"}
+    vmap, loop = learners["vmap"].state_dict(), learners["loop"].state_dict()
+    assert all(torch.equal(vmap[k], loop[k]) for k in vmap)
