@@ -11,13 +11,11 @@ import torch.nn.functional as F
 
 from fixtures.challenge_runs import make_challenge_runs, zip_runs
 from metalab.algorithms.base import MetaLearner
+from metalab.algorithms.heads import head_logits, logistic_regression, nearest_centroid_logits
 from metalab.algorithms.transfer.finetune import (
     Baseline,
     BaselinePP,
     authors_cosine_scale,
-    head_logits,
-    logistic_regression,
-    nearest_centroid_logits,
     sgd_step,
 )
 from metalab.config import parse_config

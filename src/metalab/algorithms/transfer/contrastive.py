@@ -54,11 +54,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metalab.algorithms.base import MetaLearner, StepOutput, output_shape
-from metalab.algorithms.transfer.finetune import (
-    head_logits,
-    logistic_regression,
-    nearest_centroid_logits,
-)
+from metalab.algorithms.heads import head_logits, logistic_regression, nearest_centroid_logits
 from metalab.config import Config
 from metalab.data.base import ClassIndexedDataset
 from metalab.errors import ConfigError
