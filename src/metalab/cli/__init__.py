@@ -19,7 +19,18 @@ import sys
 from metalab.errors import MetalabError
 from metalab.tools.allocator import keep_freed_memory_unless_opted_out
 
-COMMANDS = ("train", "eval", "predict", "list", "compare", "bench", "data")  # order in --help
+COMMANDS = (
+    "train",
+    "eval",
+    "predict",
+    "list",
+    "compare",
+    "bench",
+    "data",
+    "runs",
+    "tune",
+    "suggest",
+)  # order in --help
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,16 +49,22 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING, format="metalab: %(message)s"
     )
+    from metalab.engine.distributed import close_world, current_world, world_from_env
+
     try:
         return args.command_run(args)
     except MetalabError as e:
         if args.debug:
             raise
-        print(f"metalab: error: {e}", file=sys.stderr)
+        world = current_world() if current_world().distributed else world_from_env()
+        rank = f" (rank {world.rank})" if world.distributed else ""
+        print(f"metalab: error{rank}: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("metalab: interrupted", file=sys.stderr)
         return 130
+    finally:
+        close_world(current_world())  # leave a torchrun process group cleanly
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from metalab.cli.flags import add_dataset_flag, command_line
+from metalab.experiments.record import add_registry_flag, record_compare
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -26,11 +27,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
     p.add_argument("--device", default="auto")
+    add_registry_flag(p)
     p.set_defaults(command_run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from metalab.engine.build import resolve_device
+    from metalab.engine.distributed import current_world, init_world
     from metalab.protocols.compare import compare_runs
 
     report = compare_runs(
@@ -42,11 +44,14 @@ def run(args: argparse.Namespace) -> int:
         queries=args.queries,
         episodes=args.episodes,
         seed=args.seed,
-        device=resolve_device(args.device),
+        device=init_world(args.device)[1],  # torchrun: this rank's device
         checkpoint=args.checkpoint,
         command=command_line(),
         log=lambda line: print(line, file=sys.stderr),
         dataset=args.dataset,
     )
+    if not current_world().is_main:  # rank 0 alone records and prints
+        return 0 if report else 1
+    record_compare(report, args.registry, args.dataset)
     print(Path(args.out) / "compare.md")
     return 0 if report else 1

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from metalab.cli.flags import add_dataset_flag, add_task_flags
+from metalab.cli.flags import add_dataset_flag, add_task_flags, command_line
+from metalab.experiments.record import add_registry_flag, record_eval
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -34,6 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     for protocol in PROTOCOLS:
         protocol.add_flags(p)
+    add_registry_flag(p)
     p.set_defaults(command_run=run)
 
 
@@ -43,5 +45,10 @@ def run(args: argparse.Namespace) -> int:
     ev = Evaluation.load(args.run, args)
     protocol = choose(PROTOCOLS, ev)
     report = protocol.run(ev)
+    from metalab.engine.distributed import current_world
+
+    if not current_world().is_main:  # under torchrun, rank 0 alone records and prints
+        return 0
+    record_eval(report, ev.cfg, ev.__dict__.get("split"), command_line(), args.registry, ev.data)
     print(json.dumps(report) if args.json else protocol.text(report))
     return 0

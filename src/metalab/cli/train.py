@@ -7,7 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from metalab.cli.flags import add_task_flags
+from metalab.cli.flags import add_task_flags, command_line
+from metalab.experiments.record import add_registry_flag
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -45,12 +46,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "algorithm.distance=cosine",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_registry_flag(p)
     p.set_defaults(command_run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from metalab.config import load_config
-    from metalab.engine.trainer import train
+    from metalab.engine.trainer import Trainer
+    from metalab.experiments.record import TrainRecord
 
     # an absolute path, so that eval finds the data later from anywhere
     data_dir = str(Path(args.data_dir).expanduser().resolve()) if args.data_dir else None
@@ -70,7 +73,15 @@ def run(args: argparse.Namespace) -> int:
     overrides = [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None] + args.overrides
     cfg = load_config(args.config, overrides)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
-    result = train(cfg, out, resume=args.resume, progress=not args.quiet)
+    trainer = Trainer(cfg, out, args.resume, progress=not args.quiet)
+    if not trainer.world.is_main:  # under torchrun, rank 0 alone records and prints
+        result = trainer.fit()
+        return 130 if result.stopped == "interrupted" else 0
+    # the run registry: a record from the start, its validation curve as it goes, the end
+    with TrainRecord.start(trainer.cfg, out, command_line(), args.registry, args.resume) as rec:
+        trainer.on_step = rec.on_step
+        result = trainer.fit()
+        rec.finish(result)
     unit = "%" if result.metric == "accuracy" else ""
     best = (
         ""

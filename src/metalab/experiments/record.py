@@ -15,6 +15,7 @@ and the run goes on unrecorded.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -93,7 +94,9 @@ def describe_source(source: Any, dataset: str | None = None) -> dict[str, Any]:
     return desc
 
 
+@functools.lru_cache(maxsize=1)
 def _environment() -> dict[str, Any]:
+    """provenance.environment() once per process (it runs git; tuning records many trials)."""
     from metalab.tools.provenance import environment
 
     return environment()
@@ -172,13 +175,18 @@ class TrainRecord:
             if source is None:
                 from metalab.tasks.sources import load_split
 
-                source = load_split(cfg.data, cfg.data.train_split)
+                try:
+                    source = load_split(cfg.data, cfg.data.train_split)
+                except MetalabError:  # the trainer says what is wrong with the data
+                    source = None
             e = cfg.eval
             fields = _common(cfg, command) | {
                 "kind": kind,
                 "status": "running",
                 "dataset_name": getattr(source, "name", None),
-                "dataset_desc": describe_source(source, cfg.data.dataset),
+                "dataset_desc": None
+                if source is None
+                else describe_source(source, cfg.data.dataset),
                 "split": cfg.data.val_split,  # the result of a training run is its validation
                 "ways": e.ways,
                 "shots": e.shots,
@@ -289,6 +297,25 @@ class TrainRecord:
         self._safe(self.registry.update, self.uid, **(values | fields))
         self.closed = True
 
+    def point(self, step: int, name: str, value: float, ci95: float | None = None) -> None:
+        """Add one validation point by hand (a trainer other than the engine's)."""
+        p = {"step": step, "name": name, "value": value, "ci95": ci95}
+        self._safe(self.registry.set_curve, self.uid, [p])
+
+    def complete(self, metric: str, value: float, step: int | None = None) -> None:
+        """Record a finished run by its final value (a trainer other than the engine's)."""
+        self._safe(
+            self.registry.update,
+            self.uid,
+            status="finished",
+            metric=metric,
+            value=value,
+            step=step,
+            ended_at=_utcnow(),
+            wall_s=self._wall0 + time.monotonic() - self._started,
+        )
+        self.closed = True
+
     def fail(self, status: str, error: str | None = None) -> None:
         """Record an abnormal end (failed, interrupted, pruned) with the curve so far."""
         if self.closed:
@@ -363,27 +390,34 @@ def record_eval(
     source: Any = None,
     command: str | None = None,
     registry: str | Registry | None = None,
+    data: Any = None,
     wall_s: float | None = None,
 ) -> str | None:
-    """One finished ``eval`` record from the report ``metalab eval --json`` prints; its uid."""
+    """One finished ``eval`` record from the report ``metalab eval --json`` prints; its uid.
+
+    Args:
+        source: the evaluated task source, when loaded (for the dataset descriptor).
+        data: the evaluated DataConfig when it is not the run's own (``--dataset``).
+    """
     reg = registry if isinstance(registry, Registry) else _open_for_recording(registry)
     if reg is None:
         return None
-    metric = "mse" if "mse" in report and "accuracy" not in report else "accuracy"
+    metric = next((m for m in ("accuracy", "mse", "error_rate") if m in report), None)
+    data = data if data is not None else cfg.data
     try:
         checkpoint = report.get("checkpoint")
         return reg.add(
-            **_common(cfg, command),
+            **(_common(cfg, command) | {"dataset": data.dataset}),
             kind="eval",
             status="finished",
             dataset_name=report.get("dataset"),
-            dataset_desc=None if source is None else describe_source(source, cfg.data.dataset),
+            dataset_desc=None if source is None else describe_source(source, data.dataset),
             split=report.get("split"),
             ways=report.get("ways"),
             shots=report.get("shots"),
             queries=report.get("queries"),
             metric=metric,
-            value=report.get(metric),
+            value=None if metric is None else report.get(metric),
             ci95=report.get("ci95"),
             step=report.get("step"),
             results=report,
