@@ -344,3 +344,20 @@ def test_packaged_minilm_encoder():
     v = model.encode(["How do I reset my PIN?", "I forgot my PIN code", "Play some jazz"])
     assert v.shape == (3, 384) and torch.allclose(v.norm(dim=1), torch.ones(3), atol=1e-4)
     assert float(v[0] @ v[1]) > float(v[0] @ v[2]) + 0.2  # paraphrases are closer
+
+
+def test_split_embeds_only_its_sentences_unless_the_corpus_is_cached(tmp_path, monkeypatch):
+    _write_intents(tmp_path)
+    calls = []
+    encode = HashEncoder.encode
+    monkeypatch.setattr(
+        HashEncoder, "encode", lambda s, t, **k: calls.append(len(t)) or encode(s, t)
+    )
+    cache = tmp_path / "cache"
+    corpus = T.read_text_folder(tmp_path)
+    alone = T.text_split(corpus, "default", "test", "hash-16", cache)
+    assert calls == [72]  # the 6 test classes × 12 sentences only
+    whole = T.embed_corpus(corpus, "hash-16", cache)
+    cut = T.text_split(corpus, "default", "test", "hash-16", cache)
+    assert calls == [72, 144] and cut.images.equal(alone.images)
+    assert whole.shape == (144, 16)

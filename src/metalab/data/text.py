@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from metalab.data.base import ClassIndexedDataset
-from metalab.data.cache import load_or_build
+from metalab.data.cache import cache_root, fingerprint, load_or_build
 from metalab.errors import DataError
 
 # --- What the readers produce ---------------------------------------------------------------------
@@ -68,6 +68,17 @@ class LabelledTexts:
 
     def counts(self, parts: tuple[str, ...] | None = None) -> Counter:
         return Counter(c for c, p in zip(self.labels, self.parts) if parts is None or p in parts)
+
+    def subset(self, rows: list[int]) -> LabelledTexts:
+        """The sentences at `rows` (same name, groups and sources)."""
+        return LabelledTexts(
+            self.name,
+            [self.texts[r] for r in rows],
+            [self.labels[r] for r in rows],
+            [self.parts[r] for r in rows],
+            dict(self.groups),
+            list(self.sources),
+        )
 
     def fingerprint(self) -> str:
         """sha256 of the texts, labels and parts (the embedding cache keys on it)."""
@@ -638,10 +649,22 @@ def text_split(
     encoder: str,
     cache_dir: Path | None = None,
 ) -> ClassIndexedDataset:
-    """One class split of `corpus`, embedded (cached) by `encoder`."""
+    """One class split of `corpus`, embedded (cached) by `encoder`.
+
+    When the whole corpus is already embedded (``embed_corpus``, e.g. by benchmarks/text_embed.py)
+    the split is cut from that cache; otherwise only the split's sentences are embedded, and cached
+    on their own, so evaluating the held-out classes never waits for the training classes."""
     s = scheme_of(corpus.name, scheme)
-    split_rows(corpus, s, split)  # check the split before embedding anything
-    return build_split(corpus, s, split, embed_corpus(corpus, encoder, cache_dir))
+    classes, rows = split_rows(corpus, s, split)  # checks the split before embedding anything
+    name, params, sources = embedding_cache_entry(corpus, encoder)
+    if (cache_root(cache_dir) / f"{name}-{fingerprint(params, sources)[:16]}.pt").exists():
+        return build_split(corpus, s, split, embed_corpus(corpus, encoder, cache_dir))
+    flat = [r for class_rows in rows for r in class_rows]
+    subset = corpus.subset(flat)
+    vectors = embed_corpus(subset, encoder, cache_dir)
+    embeddings = torch.zeros(len(corpus.texts), vectors.shape[1])
+    embeddings[torch.tensor(flat)] = vectors
+    return build_split(corpus, s, split, embeddings)
 
 
 # --- By name -----------------------------------------------------------------------------------
