@@ -41,7 +41,7 @@ def import_file(reg: Registry, path: str | Path) -> tuple[int, str]:
     except json.JSONDecodeError as e:
         raise RegistryError(f"{path} is not JSON (line {e.lineno}): give a result file") from None
     source = f"{path.resolve()}#{hashlib.sha256(text.encode()).hexdigest()[:16]}"
-    if any(r["source"] == source for r in reg.query()):
+    if reg.query(source=source, limit=1):
         return 0, "already imported"
     if isinstance(data, dict) and "methods" in data and "settings" in data:  # compare.json
         rows = compare_records(data)

@@ -162,8 +162,8 @@ class TrainRecord:
             if resume:
                 previous = [
                     r
-                    for r in reg.query(kind=kind)
-                    if r["run_dir"] == str(run_dir) and r["status"] != "finished"
+                    for r in reg.query(kind=kind, run_dir=str(run_dir))
+                    if r["status"] != "finished"
                 ]
                 if previous:
                     rec.uid = previous[0]["uid"]
@@ -380,7 +380,7 @@ def _checkpoint_step(run_dir: Path) -> int | None:
 
 def _parent_uid(reg: Registry, checkpoint: str | Path) -> str | None:
     run_dir = str(Path(checkpoint).expanduser().resolve().parent)
-    rows = [r for r in reg.query() if r["run_dir"] == run_dir and r["kind"] in ("train", "trial")]
+    rows = [r for r in reg.query(run_dir=run_dir) if r["kind"] in ("train", "trial")]
     return rows[0]["uid"] if rows else None
 
 

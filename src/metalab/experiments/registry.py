@@ -359,6 +359,8 @@ class Registry:
         status: str | None = None,
         study: str | None = None,
         split: str | None = None,
+        run_dir: str | None = None,
+        source: str | None = None,
         limit: int | None = None,
     ) -> list[dict[str, Any]]:
         """Records matching every given filter, newest first (``dataset`` matches the registered
@@ -373,6 +375,8 @@ class Registry:
             (r.status, status),
             (r.study, study),
             (r.split, split),
+            (r.run_dir, run_dir),
+            (r.source, source),
         ):
             if value is not None:
                 sel = sel.where(col == value)
