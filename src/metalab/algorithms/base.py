@@ -124,7 +124,7 @@ class MetaLearner(nn.Module):
     regression: ClassVar[bool] = False  # handles regression episodes (ways = 0, float targets)
     # One output unit per way: only episodes of ``self.ways`` ways can be scored. A learner whose
     # options decide (MANN's string labels) sets the attribute on the instance in __init__.
-    fixed_ways: ClassVar[bool] = False
+    fixed_ways: bool = False
 
     def __init__(
         self, options: Any = None, input_shape: tuple[int, ...] = (), ways: int | None = None
