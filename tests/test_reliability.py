@@ -322,6 +322,30 @@ def test_a_run_is_resumable_from_step_0(tmp_path):
     assert result.step == 0 and load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 0
 
 
+def killed(*args, **kwargs):
+    raise KeyboardInterrupt()  # what a kill does to the call it interrupts
+
+
+def test_a_kill_while_a_run_starts_leaves_a_folder_to_start_again_or_resume(tmp_path, monkeypatch):
+    import metalab.engine.trainer as trainer
+
+    # killed while writing the first last.pt: nothing but the lock is left, a new run may start
+    monkeypatch.setattr(trainer, "save_checkpoint", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run(sinusoid(steps=2), tmp_path / "run")
+    monkeypatch.undo()
+    folder = tmp_path / "run"  # removed, or (after a real kill) holding only the lock
+    assert not folder.exists() or [p.name for p in folder.iterdir()] == [LOCK]
+    assert run(sinusoid(steps=2), tmp_path / "run").step == 2
+    # killed after last.pt (step 0), before config.yaml and metrics.jsonl: --resume goes on
+    monkeypatch.setattr(trainer, "atomic_write_text", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run(sinusoid(steps=2), tmp_path / "other")
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / "other" / "last.pt")["step"] == 0
+    assert run(sinusoid(steps=2), tmp_path / "other", resume=True).step == 2
+
+
 # --- resume with changed settings ---------------------------------------------------------------
 
 
@@ -394,7 +418,9 @@ def test_a_non_finite_batchnorm_statistic_rolls_back_although_the_loss_stays_fin
     def diverging(batch):
         out = forward(batch)
         if trainer.step == 3:
-            bn.running_var.fill_(float("inf"))  # what a huge activation does to the variance
+            # what a huge activation does to the variance (.data: the step's backward, which
+            # follows, keeps the tensor it saved)
+            bn.running_var.data.fill_(float("inf"))
         return out
 
     trainer.learner.meta_loss = diverging

@@ -10,8 +10,8 @@ What is never lost and never corrupted:
 
 - The run folder is locked and guarded (:mod:`metalab.engine.rundir`): a second training into it,
   or a new run over an existing one or over other files, is refused.
-- ``last.pt`` exists from step 0 on and is replaced atomically; a failed write (a full disk)
-  leaves the previous one in place and stops the run with one line.
+- ``last.pt`` is the first file a new run writes (step 0) and is replaced atomically; a failed
+  write (a full disk) leaves the previous one in place and stops the run with one line.
 - SIGINT (Ctrl-C) and SIGTERM (timeout, Docker, Kubernetes, SLURM) end the run at a step boundary
   with ``last.pt`` saved; a second signal stops at once, keeping the last checkpoint.
 - After every step the loss, the gradients, the weights, the buffers (BatchNorm statistics) and
@@ -45,7 +45,8 @@ from tqdm import tqdm
 
 import metalab
 from metalab.algorithms.base import MetaLearner, check_source
-from metalab.config import Config, TrainConfig, algorithm_options, parse_config, validate
+from metalab.config import Config, TrainConfig, algorithm_options, parse_config
+from metalab.config import validate as validate_config
 from metalab.engine.build import build_learner, resolve_device
 from metalab.engine.checkpoint import RESUME_KEYS, load_checkpoint, save_checkpoint
 from metalab.engine.evaluate import evaluate
@@ -197,7 +198,7 @@ class Trainer:
     ) -> None:
         self.cfg, self.run_dir, self.on_step, self.progress = cfg, Path(run_dir), on_step, progress
         try:
-            validate(cfg)  # ranges again: a section may have been changed in place
+            validate_config(cfg)  # ranges again: a section may have been changed in place
         except ConfigError as e:
             raise ConfigError(f"config: {e}") from None
         self.device = resolve_device(cfg.train.device)
@@ -247,6 +248,13 @@ class Trainer:
         if state is not None:
             self._restore(state, last)
             self.saved_step = self.step
+        else:
+            # last.pt before any other file: a run killed at any later moment can be resumed, and
+            # a folder without last.pt holds nothing but the lock (a new run may start there)
+            try:
+                self._save("last.pt")
+            except _WriteFailed as w:
+                raise TrainingError(f"{w}; free disk space in {self.run_dir}") from None
         try:
             atomic_write_text(
                 self.run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False)
@@ -395,8 +403,6 @@ class Trainer:
         try:
             with signals:
                 try:
-                    if self.saved_step is None:
-                        self._save("last.pt")  # step 0: resumable from the start
                     while self.step < t.steps:
                         if signals.received is not None:
                             stopped = "interrupted"
