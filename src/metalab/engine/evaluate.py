@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from metalab.algorithms.base import MetaLearner, accuracy
+from metalab.algorithms.base import MetaLearner, accuracy, eval_mode
 from metalab.tasks.episodes import Episode
 
 
@@ -87,17 +87,13 @@ def evaluate(
     """Score `learner.predict` over a fixed episode set (the learner is put in eval mode).
 
     ``predict_options`` are passed to ``predict`` (e.g. ``steps=5`` for an optimization method)."""
-    was_training = learner.training
-    learner.eval()
     metric, scores = ACCURACY, []
-    try:
+    with eval_mode(learner):
         for ep in episodes.batches(batch_size):
             metric = metric_of(ep)
             scores.append(
                 metric.per_episode(learner.predict(ep, **predict_options), ep.query_y).cpu()
             )
-    finally:
-        learner.train(was_training)
     per_episode = torch.cat(scores)
     mean, ci = mean_ci95(per_episode)
     return EvalResult(

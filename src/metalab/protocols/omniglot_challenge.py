@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from metalab.algorithms.base import MetaLearner, accuracy
+from metalab.algorithms.base import MetaLearner, accuracy, eval_mode
 from metalab.config import Config
 from metalab.data.base import Preprocess
 from metalab.data.imaging import decode_image
@@ -179,19 +179,14 @@ def evaluate_challenge(
         ``runs_dir``).
     """
     runs = read_challenge_runs(runs_dir, preprocess)
-    was_training = learner.training
-    learner.eval()
     wrong, per_run = 0, []
-    try:
-        with torch.no_grad():
-            for run in runs:
-                episode = run.episode.to(device)
-                correct = accuracy(learner.predict(episode), episode.query_y)  # (1,)
-                errors = round(float(1.0 - correct) * episode.query_y.shape[1])
-                wrong += errors
-                per_run.append(round(100.0 * errors / episode.query_y.shape[1], 4))
-    finally:
-        learner.train(was_training)
+    with eval_mode(learner), torch.no_grad():
+        for run in runs:
+            episode = run.episode.to(device)
+            correct = accuracy(learner.predict(episode), episode.query_y)  # (1,)
+            errors = round(float(1.0 - correct) * episode.query_y.shape[1])
+            wrong += errors
+            per_run.append(round(100.0 * errors / episode.query_y.shape[1], 4))
     trials = sum(run.episode.query_y.shape[1] for run in runs)
     return {
         "error_rate": round(100.0 * wrong / trials, 4),

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from metalab.algorithms.base import MetaLearner
+from metalab.algorithms.base import MetaLearner, eval_mode
 from metalab.engine.evaluate import evaluate
 from metalab.errors import ConfigError
 from metalab.protocols.base import Evaluation, Protocol
@@ -87,18 +88,14 @@ def example_fits(
     if baseline is not None:
         models.append(("pretrained", baseline, [steps[-1]]))
     fits = []
-    was = [(m, m.training) for _, m, _ in models]
-    try:
+    with ExitStack() as modes:
         for _, m, _ in models:
-            m.eval()
+            modes.enter_context(eval_mode(m))
         predictions = {
             f"{name}, {s} step{'s' * (s != 1)}": m.predict(episode, steps=s).cpu()
             for name, m, counts in models
             for s in counts
         }
-    finally:
-        for m, mode in was:
-            m.train(mode)
     for i in range(tasks):
         fits.append(
             {
