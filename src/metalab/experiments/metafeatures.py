@@ -4,10 +4,10 @@ on similar tasks can be found (warm starts).
 
 Classification sources (images or embeddings, :class:`ClassIndexedDataset`):
     - size: classes, examples per class, input size (log scale);
-    - statistics of up to 2000 examples (fixed draw) on raw inputs and under a fixed random-feature
-      network (one random linear layer of 256 units, N(0, 1/d) weights from seed 0, then ReLU):
-      mean, spread, sparsity, and class separability (mean distance to the own class's centroid
-      over mean distance between centroids);
+    - statistics of up to 10 examples of each of up to 100 classes (a fixed draw), on raw inputs
+      and under a fixed random-feature network (one random linear layer of 256 units, N(0, 1/d)
+      weights from seed 0, then ReLU): mean, spread, sparsity, and class separability (mean
+      distance to the own class's centroid over mean distance between centroids);
     - landmarkers: nearest-centroid 5-way 1-shot (and 5-shot, where classes have 10 examples)
       accuracy on 100 fixed episodes, on raw inputs and on the random features.
 Regression sources (sinusoid): the spread of targets within and across tasks and landmarkers on 100
@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 FEATURE_SEED = 0
-SAMPLE = 2000  # examples for the statistics
+SAMPLE_CLASSES, SAMPLE_PER_CLASS = 100, 10  # the examples the statistics are computed on
 EPISODES = 100  # fixed episodes (tasks) for the landmarkers
 RANDOM_UNITS = 256
 
@@ -95,11 +95,14 @@ def _nearest_centroid(episodes, embed) -> float:
 def _classification(source) -> dict[str, float]:
     from metalab.tasks.episodes import FixedEpisodes, to_float
 
-    counts = source.counts.cpu()
-    n = int(counts.sum())
+    counts, offsets = source.counts.cpu(), source.offsets.cpu()
+    # the statistics sample: up to SAMPLE_CLASSES classes (a fixed draw), the first
+    # SAMPLE_PER_CLASS examples of each, so every class in it has several examples
     g = torch.Generator().manual_seed(FEATURE_SEED)
-    pick = torch.randperm(n, generator=g)[: min(SAMPLE, n)].sort().values
-    labels = torch.repeat_interleave(torch.arange(len(counts)), counts)[pick]
+    classes = torch.randperm(len(counts), generator=g)[:SAMPLE_CLASSES].sort().values
+    take = counts[classes].clamp(max=SAMPLE_PER_CLASS)
+    pick = torch.cat([offsets[c] + torch.arange(int(m)) for c, m in zip(classes, take)])
+    labels = torch.repeat_interleave(classes, take)
     x = to_float(source.images[pick.to(source.images.device)].cpu()).flatten(1)
     r = _random_features(x)
     feats = {
