@@ -179,6 +179,9 @@ class TrainConfig(Checked):
     shots: int = option(1, ge=1, le=10_000, flag="--shots")  # K support examples per class
     queries: int = option(15, ge=1, le=10_000, flag="--queries")  # Q query examples per class
     meta_batch: int = option(1, ge=1, le=10_000, flag="--meta-batch")  # tasks per step
+    # units (tasks, pairs, images) whose graph is held at once: the batch is processed in chunks
+    # whose gradients accumulate (None: all of a process's share at once; engine/step.py)
+    task_chunk: int | None = option(None, ge=1, le=10_000)
     optimizer: str = option("adam", choices=("adam", "sgd"))
     lr: float = option(1e-3, gt=0, le=10, flag="--lr")  # outer (meta) learning rate
     momentum: float = option(0.9, ge=0, lt=1)  # sgd only

@@ -58,6 +58,14 @@ def _env_int(name: str, default: int) -> int:
         raise ConfigError(f"${name} = {value!r} is not an integer (torchrun sets it)") from None
 
 
+_current = World()  # the world of this process, once init_world has run
+
+
+def current_world() -> World:
+    """This process's world (rank 0 of 1 until :func:`init_world` joins a torchrun group)."""
+    return _current
+
+
 def world_from_env() -> World:
     """The world torchrun describes in the environment (one process when it describes none)."""
     size = _env_int("WORLD_SIZE", 1)
@@ -78,6 +86,7 @@ def init_world(device_name: str, timeout_s: float = 600.0) -> tuple[World, torch
     """
     from metalab.engine.build import resolve_device
 
+    global _current
     world = world_from_env()
     device = resolve_device(device_name)
     if world.distributed and device.type == "cuda":
@@ -105,13 +114,16 @@ def init_world(device_name: str, timeout_s: float = 600.0) -> tuple[World, torch
                 f"{first}; check torchrun's --rdzv-endpoint / MASTER_ADDR:MASTER_PORT and that "
                 f"every node started"
             ) from None
+    _current = world
     return world, device
 
 
 def close_world(world: World) -> None:
     """Leave the process group (a no-op for one process)."""
+    global _current
     if world.distributed and dist.is_initialized():
         dist.destroy_process_group()
+    _current = World()
 
 
 def barrier(world: World) -> None:
@@ -154,6 +166,22 @@ def all_reduce_sum(values: Tensor, world: World) -> Tensor:
     total = values.clone()
     dist.all_reduce(total)
     return total
+
+
+def all_reduce_max(value: int, world: World) -> int:
+    """The largest ``value`` over the ranks (how ranks agree to stop at the same step)."""
+    if not world.distributed:
+        return value
+    t = torch.tensor([value], dtype=torch.int64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+def restarted() -> bool:
+    """Whether torchrun restarted this worker group after a failure (``--max-restarts``)."""
+    return _env_int("TORCHELASTIC_RESTART_COUNT", 0) > 0
 
 
 def gather_objects(obj: Any, world: World) -> list[Any]:

@@ -8,11 +8,14 @@ the next is built) and the ranks' gradients are summed in one all-reduce::
 
     ∇ = (1/G) Σ_g ∇ L_g        (L_g: mean loss over the tasks of group g)
 
-which, with equal groups, is the gradient of the mean loss over the whole batch. Second-order
-meta-gradients (MAML) are complete within each group, so nothing in the all-reduce needs
-``create_graph``. A learner whose BatchNorm pools the tasks of a batch sees one group at a time,
-so results depend on the group size — set ``train.task_chunk`` to make a run independent of the
-world size as well.
+which, with equal groups, is the gradient of the mean loss over the whole batch. Running
+statistics (BatchNorm buffers) are updated the same way: every group starts from the step's
+buffers, and the step leaves the mean over the groups of what each left (one group: the usual
+momentum update) — so ranks end every step with identical buffers, equal to one process's.
+Second-order meta-gradients (MAML) are complete within each group, so nothing in the all-reduce
+needs ``create_graph``. A learner whose BatchNorm pools the tasks of a batch sees one group at a
+time, so results depend on the group size — set ``train.task_chunk`` to make a run independent of
+the world size as well.
 """
 
 from __future__ import annotations
@@ -57,15 +60,35 @@ def accumulate_gradients(
     """
     unit, flag = UNIT_NAMES.get(type(batch).__name__, ("units", "the batch size"))
     groups = group_count(units(batch), world.size, chunk, unit, flag)
+    # Running statistics (BatchNorm): each group starts from the step's buffers; afterwards they
+    # are the mean over the groups of what each group left — one group: the usual update.
+    # (counters such as num_batches_tracked advance once per step, as in one process)
+    buffers = [b for _, b in learner.named_buffers()]
+    floating = [(n, b) for n, b in learner.named_buffers() if torch.is_floating_point(b)]
+    before = [b.detach().clone() for b in buffers] if groups > 1 else []
+    sums = [torch.zeros_like(b) for _, b in floating] if groups > 1 else []
     totals: dict[str, torch.Tensor] = {}
     for g in range(world.rank, groups, world.size):
+        if groups > 1:
+            with torch.no_grad():
+                for b, b0 in zip(buffers, before):
+                    b.copy_(b0)
         out = learner.meta_loss(select_group(batch, g, groups) if groups > 1 else batch)
         (out.loss / groups).backward()
         for name, value in {"loss": out.loss, **out.metrics}.items():
             value = value.detach().double().cpu()
             totals[name] = totals.get(name, 0.0) + value
-    names = sorted(totals)
+        for (_, b), total in zip(floating, sums):
+            total += b.detach()
     device = next(learner.parameters()).device  # NCCL reduces GPU tensors only
+    if groups > 1 and floating:
+        flat = all_reduce_sum(torch.cat([t.reshape(-1) for t in sums]).to(device), world)
+        with torch.no_grad():
+            offset = 0
+            for _, b in floating:
+                b.copy_((flat[offset : offset + b.numel()] / groups).view_as(b))
+                offset += b.numel()
+    names = sorted(totals)
     local = torch.stack([totals[n] for n in names]).to(device)
     summed = all_reduce_sum(local, world).cpu() / groups
     all_reduce_gradients(learner.parameters(), world)

@@ -22,6 +22,12 @@ What is never lost and never corrupted:
   from ``last.pt``, so a run stopped and resumed ends bit-identical to a run never stopped (tested
   on the CPU). A resume may change only the settings in :data:`RESUMABLE`; the changes are
   recorded in ``resumes.jsonl``.
+
+Under torchrun (:mod:`metalab.engine.distributed`) every rank draws the same global batch, takes
+its groups of tasks and the gradients are summed in one all-reduce (:mod:`metalab.engine.step`);
+the ranks agree at each step boundary whether to stop, validation shares the episodes, and rank 0
+alone locks and writes the run folder. After a failure, torchrun's restarted group resumes from
+``last.pt`` without a flag.
 """
 
 from __future__ import annotations
@@ -47,11 +53,12 @@ import metalab
 from metalab.algorithms.base import MetaLearner, check_source
 from metalab.config import Config, TrainConfig, algorithm_options, parse_config
 from metalab.config import validate as validate_config
-from metalab.engine.build import build_learner, resolve_device
+from metalab.engine.build import build_learner
 from metalab.engine.checkpoint import RESUME_KEYS, load_checkpoint, save_checkpoint
-from metalab.engine.evaluate import evaluate
+from metalab.engine.distributed import all_reduce_max, evaluate_on_ranks, init_world, restarted
 from metalab.engine.logs import MetricsLog
 from metalab.engine.rundir import RunDir, atomic_write_text
+from metalab.engine.step import accumulate_gradients
 from metalab.errors import CheckpointError, ConfigError, MetalabError, TrainingError
 from metalab.registry import ALGORITHMS
 from metalab.tasks.episodes import fixed_episodes, input_shape, is_regression
@@ -201,12 +208,17 @@ class Trainer:
             validate_config(cfg)  # ranges again: a section may have been changed in place
         except ConfigError as e:
             raise ConfigError(f"config: {e}") from None
-        self.device = resolve_device(cfg.train.device)
-        self.rundir = RunDir(self.run_dir).open(resume)
+        # torchrun: this rank's place and device (one process: rank 0 of 1, the configured device)
+        self.world, self.device = init_world(cfg.train.device)
+        if self.world.distributed and restarted() and (self.run_dir / "last.pt").exists():
+            resume = True  # torchrun restarted the group after a failure: go on from last.pt
+        # rank 0 alone holds and writes the run folder
+        self.rundir = RunDir(self.run_dir).open(resume) if self.world.is_main else None
         try:
             self._setup(resume)
         except BaseException:
-            self.rundir.close(discard=True)
+            if self.rundir is not None:
+                self.rundir.close(discard=True)
             raise
 
     def _setup(self, resume: bool) -> None:
@@ -255,6 +267,9 @@ class Trainer:
                 self._save("last.pt")
             except _WriteFailed as w:
                 raise TrainingError(f"{w}; free disk space in {self.run_dir}") from None
+        self.log = None
+        if not self.world.is_main:
+            return
         try:
             atomic_write_text(
                 self.run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False)
@@ -355,17 +370,21 @@ class Trainer:
             # over all sessions of the run
             "elapsed_s": self.elapsed_s + time.monotonic() - self._started,
             "log_window": {k: list(v) for k, v in self.window.items()},
+            "world_size": self.world.size,  # processes that trained the last session
         }
 
     def _save(self, name: str) -> None:
         try:
-            save_checkpoint(self.run_dir / name, self.state())
+            if self.world.is_main:
+                save_checkpoint(self.run_dir / name, self.state())
         except CheckpointError as e:
             raise _WriteFailed(str(e)) from None
         if name == "last.pt":
             self.saved_step = self.step
 
     def _log(self, step: int, values: dict[str, Any]) -> None:
+        if self.log is None:  # ranks other than 0
+            return
         try:
             self.log.write(step, values)
         except TrainingError as e:
@@ -374,7 +393,7 @@ class Trainer:
     def validate(self) -> None:
         if self.val_set is None:
             return
-        result = evaluate(self.learner, self.val_set, self.cfg.eval.batch)
+        result = evaluate_on_ranks(self.learner, self.val_set, self.cfg.eval.batch, self.world)
         self._log(self.step, {f"val_{result.metric}": result.value, "val_ci95": result.ci95})
         if result.better_than(self.best_val):
             self.best_val = result.value
@@ -382,8 +401,10 @@ class Trainer:
 
     def close(self) -> None:
         """Close the logs and release the run folder (done by `fit`)."""
-        self.log.close()
-        self.rundir.close()
+        if self.log is not None:
+            self.log.close()
+        if self.rundir is not None:
+            self.rundir.close()
 
     def fit(self) -> TrainResult:
         t = self.cfg.train
@@ -404,11 +425,12 @@ class Trainer:
             with signals:
                 try:
                     while self.step < t.steps:
-                        if signals.received is not None:
-                            stopped = "interrupted"
-                            break
-                        if budget_s is not None and time.monotonic() - start >= budget_s:
-                            stopped = "time"
+                        # every rank stops at the same step: a signal or the budget on any one
+                        timeout = budget_s is not None and time.monotonic() - start >= budget_s
+                        reason = 2 if signals.received is not None else 1 if timeout else 0
+                        reason = all_reduce_max(reason, self.world)
+                        if reason:
+                            stopped = "interrupted" if reason == 2 else "time"
                             break
                         self._train_step()
                         self._after_step(bar)
@@ -496,17 +518,17 @@ class Trainer:
         # what the forward pass changes before the loss is seen, to undo a failed step exactly
         buffers = {n: b.detach().clone() for n, b in self.learner.named_buffers()}
         rng = self.generator.get_state()
-        batch = self.sampler.sample(self.generator)
-        out = self.learner.meta_loss(batch)
-        loss = float(out.loss.detach())
+        batch = self.sampler.sample(self.generator)  # the global batch, the same on every rank
+        self.optimizer.zero_grad(set_to_none=True)
+        # this rank's groups of tasks, their gradients summed over the ranks (engine/step.py)
+        out = accumulate_gradients(self.learner, batch, self.world, self.cfg.train.task_chunk)
+        loss = out.loss
         problem = None
         if not math.isfinite(loss):
             problem = f"the loss became {loss}"
         elif (bad := first_nonfinite(self.learner.named_buffers())) is not None:
             problem = f"buffer {bad} became non-finite (the loss stayed finite)"
         else:
-            self.optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
             grads = ((n, p.grad) for n, p in self.learner.named_parameters())
             if (bad := first_nonfinite(grads)) is not None:
                 problem = f"the gradient of {bad} became non-finite"
@@ -526,7 +548,7 @@ class Trainer:
             raise _Diverged(f"{bad} became non-finite after the update", rolled_back=False)
         self.window.setdefault("loss", []).append(loss)
         for k, v in out.metrics.items():
-            self.window.setdefault(k, []).append(float(v))
+            self.window.setdefault(k, []).append(v)
 
 
 def train(cfg: Config, run_dir: str | Path, resume: bool = False, **kwargs) -> TrainResult:

@@ -56,10 +56,11 @@ class Evaluation:
     def load(cls, run: str | Path, options: Any) -> Evaluation:
         """Load ``run`` (a run directory or checkpoint) as ``options`` say: ``device``,
         ``checkpoint`` (best | last), ``dataset``, ``data_dir`` and the :data:`EVAL_FLAGS`."""
-        from metalab.engine.build import load_learner, resolve_device
+        from metalab.engine.build import load_learner
+        from metalab.engine.distributed import init_world
 
         get = lambda name, default=None: getattr(options, name, None) or default
-        device = resolve_device(get("device", "auto"))
+        _, device = init_world(get("device", "auto"))  # torchrun: this rank's device
         learner, cfg, state = load_learner(run, device, get("checkpoint", "best"))
         data = evaluation_data(cfg, state, get("dataset"), get("data_dir"))
         flags = {k: getattr(options, k, None) for k in EVAL_FLAGS}

@@ -29,7 +29,8 @@ from typing import Any
 import torch
 
 from metalab.engine.build import load_learner
-from metalab.engine.evaluate import evaluate, mean_ci95
+from metalab.engine.distributed import current_world, evaluate_on_ranks
+from metalab.engine.evaluate import mean_ci95
 from metalab.errors import ConfigError, DataError
 from metalab.protocols.target import check_fits, evaluation_data
 from metalab.tasks.episodes import FixedEpisodes
@@ -204,7 +205,10 @@ def compare_runs(
         )
         for name, (learner, *_rest) in learners.items():
             try:
-                result = evaluate(learner, fixed[_render(data_of[name])], batch)
+                # under torchrun the ranks share the episodes (one process's numbers)
+                result = evaluate_on_ranks(
+                    learner, fixed[_render(data_of[name])], batch, current_world()
+                )
             except (ConfigError, DataError) as e:  # e.g. a head with one output per training way
                 methods[name]["results"][key] = {"skipped": str(e)}
                 continue
@@ -213,7 +217,7 @@ def compare_runs(
                 "accuracy": round(result.accuracy, 4),
                 "ci95": round(result.ci95, 4),
             }
-            if log is not None:
+            if log is not None and current_world().is_main:
                 log(f"{name}: {key} ({q} queries) {result.accuracy:.2f} ± {result.ci95:.2f}%")
 
     paired = []
@@ -242,6 +246,8 @@ def compare_runs(
         "paired": paired,
         "environment": environment(device),
     }
+    if not current_world().is_main:  # rank 0 alone writes
+        return report
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "compare.json").write_text(json.dumps(report, indent=2) + "\n")

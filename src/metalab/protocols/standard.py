@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from metalab.engine.evaluate import EvalResult, evaluate
+from metalab.engine.distributed import current_world, evaluate_on_ranks
+from metalab.engine.evaluate import EvalResult
 from metalab.protocols.base import Evaluation, Protocol
 from metalab.tasks.episodes import fixed_episodes
 
@@ -23,7 +24,8 @@ def standard_report(ev: Evaluation) -> tuple[dict[str, Any], EvalResult]:
     episodes = fixed_episodes(
         split, e.ways, e.shots, e.queries, e.episodes, e.seed, ev.data.within_group
     )
-    result = evaluate(ev.learner, episodes, e.batch)
+    # under torchrun the ranks share the episodes; every rank gets one process's numbers
+    result = evaluate_on_ranks(ev.learner, episodes, e.batch, current_world())
     report = {
         result.metric: round(result.value, 4),
         "ci95": round(result.ci95, 4),

@@ -1,0 +1,182 @@
+"""torchrun: 2 CPU processes (gloo) train and evaluate exactly as one process does.
+
+The global task stream is drawn from the run seed, the same on every rank; rank r takes groups r,
+r+W, … of each batch (tasks/batching.py) and one all-reduce sums the groups' gradients. So 2 ranks
+with a meta-batch B equal one process with the same B split into 2 chunks (``train.task_chunk =
+B/2``), and — for learners whose tasks do not share BatchNorm statistics (the MAML family) — one
+process without chunks. Tolerance: float32, rtol 1e-5 / atol 1e-6 after 3 steps (the per-rank
+arithmetic is the same; only the order of the cross-rank sum may differ).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from metalab.engine.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.slow
+
+ALGORITHMS = {
+    # name: (algorithm options, train options) — tiny, 3 steps
+    "protonet": ({"hidden": 8}, {"ways": 3, "shots": 1, "queries": 2, "meta_batch": 4}),
+    "maml": (
+        {"inner_steps": 1, "inner_lr": 0.4, "parallel": "loop", "hidden": 8},
+        {"ways": 3, "shots": 1, "queries": 2, "meta_batch": 4},
+    ),
+    "reptile": (
+        {"inner_steps": 2, "inner_batch": 3, "hidden": 8, "parallel": "loop"},
+        {"ways": 3, "shots": 2, "queries": 1, "meta_batch": 4, "optimizer": "sgd", "lr": 1.0},
+    ),
+    "siamese": ({"batch_size": 8, "hidden": 8, "features": 32}, {"ways": 3}),
+    "mann": (
+        {"instances": 2, "controller": 16, "slots": 8, "slot_width": 8, "read_heads": 1},
+        {"ways": 3, "meta_batch": 4},
+    ),
+    "baseline": ({"batch_size": 8, "hidden": 8, "finetune_epochs": 3}, {"ways": 3}),
+}
+
+
+def _png_folder(root: Path, classes: int, images: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        d = root / f"class{c:02d}"
+        d.mkdir(parents=True)
+        base = rng.random((14, 14)) > 0.6
+        for i in range(images):
+            noise = rng.random((14, 14)) > 0.9
+            pixels = ((base ^ noise) * 255).astype(np.uint8)
+            Image.fromarray(pixels).resize((28, 28)).save(d / f"{i}.png")
+
+
+@pytest.fixture(scope="module")
+def glyphs(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("glyphs")
+    for split, classes, seed in (("train", 8, 0), ("val", 4, 1), ("test", 4, 2)):
+        _png_folder(root / split, classes, 6, seed)
+    return root
+
+
+def _config(tmp: Path, name: str, data_dir: Path) -> Path:
+    algo, train = ALGORITHMS[name]
+    cfg = {
+        "algorithm": {"name": name, **algo},
+        "data": {"dataset": "folder", "data_dir": str(data_dir), "image_size": 28},
+        "train": {
+            "steps": 3,
+            "val_every": 3,
+            "val_episodes": 6,
+            "checkpoint_every": 1,
+            "log_every": 1,
+            "tensorboard": False,
+            "device": "cpu",
+            **train,
+        },
+        "eval": {"ways": 3, "shots": 1, "queries": 2, "episodes": 6, "batch": 2},
+    }
+    path = tmp / f"{name}.yaml"
+    path.write_text(json.dumps(cfg))  # JSON is YAML
+    return path
+
+
+def _env(tmp: Path) -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "METALAB_CACHE": str(tmp / "cache")}
+
+
+def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def _torchrun(n: int) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}"]
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(run / "last.pt")["model"]
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_two_ranks_equal_one_process(tmp_path: Path, glyphs: Path, name: str) -> None:
+    cfg = _config(tmp_path, name, glyphs)
+    env = _env(tmp_path)
+    units = {"siamese": 8, "baseline": 8}.get(name, 4)
+    one = tmp_path / "one"
+    _run(
+        [sys.executable, "-m", "metalab", "train", str(cfg), "--out", str(one), "--quiet"]
+        + ["--set", f"train.task_chunk={units // 2}"],
+        env,
+    )
+    two = tmp_path / "two"
+    _run(_torchrun(2) + ["-m", "metalab", "train", str(cfg), "--out", str(two), "--quiet"], env)
+    a, b = _weights(one), _weights(two)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=f"{name}: {k}")
+    assert load_checkpoint(two / "last.pt")["world_size"] == 2
+    # only rank 0 wrote: one metrics line per step and validation, no duplicates
+    steps = [json.loads(x)["step"] for x in (two / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [
+        json.loads(x)["step"] for x in (one / "metrics.jsonl").read_text().splitlines()
+    ]
+
+
+def test_maml_two_ranks_equal_one_unchunked_process(tmp_path: Path, glyphs: Path) -> None:
+    """Second-order MAML has no cross-task statistics: 2 ranks = 1 process, no chunking. Only the
+    order of the float32 sum over tasks differs, so the runs use SGD: Adam would blow that round-off
+    up to a full step on the conv biases before BatchNorm, whose true gradient is zero (the float64
+    proof of equality is tests/test_step.py)."""
+    cfg = _config(tmp_path, "maml", glyphs)
+    env = _env(tmp_path)
+    sgd = ["--set", "train.optimizer=sgd", "--lr", "0.1", "--quiet"]
+    _run(
+        [sys.executable, "-m", "metalab", "train", str(cfg), "--out", str(tmp_path / "a"), *sgd],
+        env,
+    )
+    _run(
+        _torchrun(2) + ["-m", "metalab", "train", str(cfg), "--out", str(tmp_path / "b"), *sgd], env
+    )
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_sharded_evaluation_reports_the_numbers_of_one_process(tmp_path: Path, glyphs: Path):
+    cfg = _config(tmp_path, "protonet", glyphs)
+    env = _env(tmp_path)
+    run = tmp_path / "run"
+    _run([sys.executable, "-m", "metalab", "train", str(cfg), "--out", str(run), "--quiet"], env)
+    args = ["eval", str(run), "--json", "--episodes", "7", "--device", "cpu"]
+    one = json.loads(_run([sys.executable, "-m", "metalab", *args], env).stdout)
+    out = _run(_torchrun(2) + ["-m", "metalab", *args], env).stdout.strip().splitlines()
+    assert len(out) == 1  # rank 0 alone prints
+    two = json.loads(out[0])
+    assert two["accuracy"] == one["accuracy"] and two["ci95"] == one["ci95"]
+
+
+def test_world_size_must_divide_the_meta_batch(tmp_path: Path, glyphs: Path) -> None:
+    cfg = _config(tmp_path, "protonet", glyphs)
+    done = subprocess.run(
+        _torchrun(2)
+        + ["-m", "metalab", "train", str(cfg), "--out", str(tmp_path / "r")]
+        + ["--meta-batch", "3", "--quiet"],
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode != 0
+    errors = [ln for ln in done.stderr.splitlines() if ln.startswith("metalab: error")]
+    assert errors and all("multiple of the world size 2" in ln for ln in errors)
+    # one line per rank; torchrun itself then reports the failed group (its own traceback), but
+    # no traceback runs through metalab's code
+    assert "metalab/" not in "".join(ln for ln in done.stderr.splitlines() if 'File "' in ln)
