@@ -139,8 +139,8 @@ def temporary_files(run_dir: Path) -> list[str]:
 # --- signals ------------------------------------------------------------------------------------
 
 # Trains in a child process; during step `at` (after the forward pass has moved the BatchNorm
-# statistics and the sampler's generator) it writes a marker file and sleeps, so the parent's
-# signal lands in the middle of a step.
+# statistics and the sampler's generator) it writes a marker file and waits for the parent's
+# "sent" file, so the parent's signals land in the middle of that step, however loaded the machine.
 CHILD = textwrap.dedent(
     """
     import json, signal, sys, time
@@ -150,14 +150,16 @@ CHILD = textwrap.dedent(
     from metalab.engine.trainer import Trainer
     from metalab.errors import MetalabError
     values, out = json.loads(sys.argv[1]), Path(sys.argv[2])
-    at, nap = int(sys.argv[3]), float(sys.argv[4])
+    at = int(sys.argv[3])
     trainer = Trainer(parse_config(values), out, progress=False)
     forward = trainer.learner.meta_loss
     def slow(batch):
         result = forward(batch)
         if trainer.step == at:
             (out / "mid-step").write_text(str(at))
-            time.sleep(nap)
+            deadline = time.monotonic() + 120
+            while not (out / "sent").exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
         return result
     trainer.learner.meta_loss = slow
     try:
@@ -170,10 +172,10 @@ CHILD = textwrap.dedent(
 )
 
 
-def start_child(values: dict, out: Path, at: int, nap: float) -> subprocess.Popen:
+def start_child(values: dict, out: Path, at: int) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SRC)}
     return subprocess.Popen(
-        [sys.executable, "-c", CHILD, json.dumps(values), str(out), str(at), str(nap)],
+        [sys.executable, "-c", CHILD, json.dumps(values), str(out), str(at)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -189,19 +191,30 @@ def wait_for(path: Path, child: subprocess.Popen, timeout: float = 120) -> None:
         time.sleep(0.02)
 
 
+def signal_child(child: subprocess.Popen, sig: signal.Signals) -> str:
+    """Send `sig` and wait until the child's handler says it took it; return its stderr so far."""
+    child.send_signal(sig)
+    seen = []
+    while not seen or f"{sig.name}: finishing this step" not in seen[-1]:
+        line = child.stderr.readline()
+        assert line, "".join(seen)  # the child ended without acknowledging the signal
+        seen.append(line)
+    return "".join(seen)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
 def test_a_signal_ends_the_run_at_a_step_boundary_and_resume_is_exact(glyphs, tmp_path, sig):
     values = images(glyphs)
     run(values, tmp_path / "straight")
-    child = start_child(values, tmp_path / "stopped", at=3, nap=1.5)
+    child = start_child(values, tmp_path / "stopped", at=3)
     wait_for(tmp_path / "stopped" / "mid-step", child)
-    child.send_signal(sig)
+    signal_child(child, sig)
+    (tmp_path / "stopped" / "sent").touch()
     out, err = child.communicate(timeout=120)
     assert child.returncode == 0, err
     result = json.loads(out.splitlines()[-1])
     # step 4 was finished, then the run stopped (not a checkpoint step: checkpoint_every is 5)
     assert result == {"step": 4, "stopped": "interrupted", "signal": sig.name}
-    assert f"{sig.name}: finishing this step" in err
     assert load_checkpoint(tmp_path / "stopped" / "last.pt")["step"] == 4
     resumed = run(values, tmp_path / "stopped", resume=True)
     assert resumed.step == 8 and resumed.stopped == "steps"
@@ -212,11 +225,10 @@ def test_a_signal_ends_the_run_at_a_step_boundary_and_resume_is_exact(glyphs, tm
 
 def test_a_second_signal_stops_at_once_keeping_the_last_checkpoint(tmp_path):
     values = sinusoid(steps=50, checkpoint_every=2, val_every=0)
-    child = start_child(values, tmp_path / "run", at=3, nap=3.0)
+    child = start_child(values, tmp_path / "run", at=3)
     wait_for(tmp_path / "run" / "mid-step", child)
-    child.send_signal(signal.SIGTERM)
-    time.sleep(0.3)
-    child.send_signal(signal.SIGTERM)
+    signal_child(child, signal.SIGTERM)
+    child.send_signal(signal.SIGTERM)  # the child is still in step 4
     out, err = child.communicate(timeout=120)
     assert child.returncode == 2, err
     assert "stopped at once by a second SIGTERM during step 4" in out and "holds step 2" in out
