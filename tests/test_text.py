@@ -361,3 +361,13 @@ def test_split_embeds_only_its_sentences_unless_the_corpus_is_cached(tmp_path, m
     cut = T.text_split(corpus, "default", "test", "hash-16", cache)
     assert calls == [72, 144] and cut.images.equal(alone.images)
     assert whole.shape == (144, 16)
+
+
+def test_adapter_starts_as_the_identity():
+    from metalab.models import build_backbone
+
+    adapter = build_backbone("adapter", in_channels=16, hidden=8)
+    x = torch.randn(5, 16)
+    assert adapter(x).equal(x)
+    adapter(x).sum().backward()  # W2 = 0 still passes gradients to W2
+    assert adapter.up.weight.grad.abs().sum() > 0

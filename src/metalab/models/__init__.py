@@ -4,6 +4,7 @@ from torch import nn
 
 from metalab.models.conv4 import Conv4, conv_block  # noqa: F401
 from metalab.models.mlp import MLP  # noqa: F401
+from metalab.models.text import EmbeddingAdapter  # noqa: F401  (backbone 'adapter')
 from metalab.registry import BACKBONES
 
 

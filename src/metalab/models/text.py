@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from metalab.errors import ConfigError
+from metalab.registry import BACKBONES
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 PACKAGED = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
@@ -159,3 +160,26 @@ class HashEncoder(torch.nn.Module):
         offsets = torch.tensor([0] + [len(row) for row in ids[:-1]]).cumsum(0)
         vectors = F.embedding_bag(flat, self.table, offsets, mode="mean")
         return F.normalize(vectors, dim=-1).cpu()
+
+
+@BACKBONES.register("adapter")
+class EmbeddingAdapter(torch.nn.Module):
+    """A residual adapter on frozen sentence embeddings: ``x + W2 · ReLU(W1 · x)`` with W2 zero at
+    initialisation, so training starts from the pre-trained geometry (ProtoNet then starts as the
+    nearest-prototype rule on the raw embeddings) instead of a random projection of it.
+
+    Shapes: (batch, in_channels) → (batch, in_channels)."""
+
+    def __init__(
+        self, in_channels: int = 384, hidden: int = 256, track_running_stats: bool = True
+    ) -> None:
+        super().__init__()
+        del track_running_stats  # no normalisation layers
+        self.down = torch.nn.Linear(in_channels, hidden)
+        self.up = torch.nn.Linear(hidden, in_channels)
+        torch.nn.init.zeros_(self.up.weight)
+        torch.nn.init.zeros_(self.up.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.flatten(1)
+        return x + self.up(F.relu(self.down(x)))
