@@ -410,6 +410,16 @@ def test_resume_accepts_and_records_harmless_changes(tmp_path):
         run(sinusoid(steps=3), out, resume=True)
 
 
+def test_resume_finds_the_data_where_the_run_found_it(glyphs, tmp_path):
+    values = images(glyphs, steps=2, val_every=0)
+    run(values, tmp_path / "run")
+    values["data"] = {k: v for k, v in values["data"].items() if k != "data_dir"}  # no --data-dir
+    values["train"]["steps"] = 3
+    assert run(values, tmp_path / "run", resume=True).step == 3
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert state["config"]["data"]["data_dir"] == str(glyphs)
+
+
 def test_resume_keeps_the_length_of_a_cosine_schedule(tmp_path):
     run(sinusoid(steps=2, lr_schedule="cosine"), tmp_path / "run")
     with pytest.raises(ConfigError, match="cannot change on --resume with train.lr_schedule cos"):
