@@ -84,8 +84,9 @@ def heldout(args, name: str) -> dict:
     cfg.train.tensorboard = False
     run = Path(args.runs) / f"protonet-{name}"
     start = time.perf_counter()
-    if not (run / "last.pt").exists():
-        train(cfg, run)
+    if run.exists():
+        raise SystemExit(f"{run} exists: remove it or pass another --runs folder")
+    train(cfg, run)
     seconds = time.perf_counter() - start
     which = "best" if (run / "best.pt").exists() else "last"
     learner, _, state = load_learner(run, resolve_device("cpu"), which)
