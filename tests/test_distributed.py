@@ -220,3 +220,40 @@ def test_a_killed_worker_is_restarted_and_the_run_ends_as_if_never_stopped(tmp_p
     for k in a:
         torch.testing.assert_close(final["model"][k], a[k], rtol=0, atol=0, msg=k)
     assert (run / "resumes.jsonl").exists()  # the restart resumed (and said so)
+
+
+def test_cuda_with_fewer_gpus_than_processes_is_refused(monkeypatch) -> None:
+    from metalab.engine import distributed
+    from metalab.errors import ConfigError
+
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ConfigError, match=r"--device cuda with 4 processes .* but 2 GPU"):
+        distributed.init_world("cuda")
+
+
+def test_an_unreachable_rendezvous_is_one_line(tmp_path: Path) -> None:
+    """A rank whose peers never come (a wrong MASTER_ADDR:MASTER_PORT) stops with one line."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nobody listens there
+    code = (
+        "import sys; from metalab.engine.distributed import init_world\n"
+        "from metalab.errors import ConfigError\n"
+        "try:\n    init_world('cpu', timeout_s=3)\n"
+        "except ConfigError as e:\n    print(e); sys.exit(2)\n"
+    )
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}
+    env |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "could not join the 2 processes (rank 1, gloo)" in done.stdout
+    assert len(done.stdout.strip().splitlines()) == 1
