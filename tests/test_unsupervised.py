@@ -273,3 +273,20 @@ def test_simclr_trains_without_labels_and_evaluates_frozen(monkeypatch, tmp_path
         ).step
         == 3
     )
+
+
+def test_simclr_reads_no_labels_even_from_a_labelled_split(monkeypatch, tmp_path):
+    """SimCLR on a labelled split trains exactly as on the same images with scrambled labels, and as
+    with data.labels: none."""
+    data, test = synthetic(), synthetic(seed=9)
+    weights = []
+    for name, split, labels in (
+        ("given", data, "given"),
+        ("scrambled", scrambled(data), "given"),
+        ("none", data, "none"),
+    ):
+        use_dataset(monkeypatch, split, test)
+        train(run_config("simclr", labels=labels, batch_size=16), tmp_path / name, progress=False)
+        weights.append(torch.load(tmp_path / name / "last.pt", weights_only=True)["model"])
+    for other in weights[1:]:
+        assert all(torch.equal(weights[0][k], other[k]) for k in weights[0])
