@@ -3,6 +3,10 @@
     python benchmarks/warmstart.py --name warmstart-sinusoid-cpu [--trials 10] [--seeds 2] \
         [--steps 300] [--families A B C D]
 
+Budget: the first ``--trials`` trials of each study by trial number, failed (diverged) trials
+included; the studies themselves run until ``--trials`` trials completed. Rerunning the same command
+reuses the finished studies (Optuna storage under ``--work``) and only recomputes the analysis.
+
 The family: sinusoid regression (Finn et al. 2017, §5.1) with different amplitude and phase ranges,
 each registered in this process as its own dataset (``sinusoid-A`` ...). The learner: MAML with the
 paper's MLP; the search space: outer rate, inner rate, inner steps (``SPACE``). For every seed:
@@ -97,12 +101,13 @@ def register_families(names: list[str]) -> None:
             )
 
 
-def values_of(storage: str, study: str) -> list[float | None]:
-    """Trial values in trial order (None: failed or pruned)."""
+def values_of(storage: str, study: str, trials: int) -> list[float | None]:
+    """The values of the study's first ``trials`` trials in trial order (None: a trial that
+    failed, e.g. diverged; it used up one trial of the budget like any other)."""
     import optuna
 
     s = optuna.load_study(study_name=study, storage=storage)
-    return [t.value for t in sorted(s.trials, key=lambda t: t.number)]
+    return [t.value for t in sorted(s.trials, key=lambda t: t.number)][:trials]
 
 
 def best_so_far(values: list[float | None]) -> list[float]:
@@ -155,7 +160,7 @@ def main() -> None:
         )
         t0 = time.monotonic()
         result = tune(spec)
-        values = values_of(result.storage, name)
+        values = values_of(result.storage, name, args.trials)
         print(
             f"{name}: best {result.best_value:.4f} after {len(values)} trials, "
             f"{time.monotonic() - t0:.0f} s"

@@ -170,6 +170,13 @@ def _mark_failed_in_registry(spec: TuneSpec):
     return callback
 
 
+def _say_failed(study, trial) -> None:
+    """One line for a failed trial (Optuna's own warning carries a traceback)."""
+    if trial.state.name == "FAIL":
+        reason = trial.user_attrs.get("error", "see the registry record")
+        log.warning("trial %d failed with %s: %s", trial.number, trial.params, reason)
+
+
 def _pruner(optuna, name: str, startup: int):
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=startup, n_warmup_steps=0)
@@ -207,7 +214,7 @@ def tune(spec: TuneSpec, trainer: TrialTrainer | None = None) -> TuneResult:
 
     task_key, features = task_features(cfg0.data, source)
     startup = spec.startup_trials or max(2, min(10, spec.trials // 3))
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials: one line each, below
     try:
         study = optuna.create_study(
             storage=storage,
@@ -244,6 +251,13 @@ def tune(spec: TuneSpec, trainer: TrialTrainer | None = None) -> TuneResult:
         )
 
     def objective(trial) -> float:
+        try:
+            return run_trial(trial)
+        except MetalabError as e:
+            trial.set_user_attr("error", str(e).splitlines()[0] if str(e) else type(e).__name__)
+            raise
+
+    def run_trial(trial) -> float:
         params = {key: p.suggest(trial) for key, p in space.items()}
         cfg, _ = config_with(base, params)
         run_dir = spec.out / f"trial-{trial.number:04d}"
@@ -299,7 +313,7 @@ def tune(spec: TuneSpec, trainer: TrialTrainer | None = None) -> TuneResult:
             objective,
             timeout=None if spec.timeout_min is None else 60.0 * spec.timeout_min,
             catch=(MetalabError,),
-            callbacks=[optuna.study.MaxTrialsCallback(spec.trials, states=states)],
+            callbacks=[optuna.study.MaxTrialsCallback(spec.trials, states=states), _say_failed],
         )
     return _finish(
         study, spec, base, url, metric, direction, cfg0, task_key, features, registry, enqueued
