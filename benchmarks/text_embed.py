@@ -37,6 +37,7 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results/text-embed-cpu.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     start = time.perf_counter()
     model = resolve_encoder(args.encoder).load("cpu")
     results = {
@@ -74,8 +75,8 @@ def main() -> None:
         row["shape"] = list(vectors.shape)
         results["datasets"][name] = row
         print(name, row, file=sys.stderr, flush=True)
-    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
-    print(write_result(args.out, command, results))
+        write_result(args.out, command, results)  # after each dataset: a long run keeps its rows
+    print(args.out)
 
 
 if __name__ == "__main__":
