@@ -1,7 +1,7 @@
 """Scaling out on torchrun, measured: training throughput with 1 and 2 processes, the share of a
 step spent communicating, and the peak memory of second-order MAML by task chunk.
 
-    python benchmarks/distributed.py --data-dir ../shared/data [--procs 1 2] [--chunks 16 8 4 2 1]
+    python benchmarks/distributed.py --data-dir ../shared/data [--procs 1 2] [--chunks 16 4 1]
 
 1. Throughput: ``metalab train`` (MAML 5-way 1-shot, meta-batch 32; ProtoNet 20-way 1-shot,
    meta-batch 2) with 1 process and under ``torchrun --nproc-per-node 2``, each for a short and a
@@ -167,8 +167,8 @@ def main() -> None:
     p.add_argument("--procs", type=int, nargs="+", default=[1, 2])
     p.add_argument("--short", type=int, default=3, help="steps of the short run")
     p.add_argument("--long", type=int, default=13, help="steps of the long run")
-    p.add_argument("--chunks", type=int, nargs="+", default=[16, 8, 4, 2, 1])
-    p.add_argument("--memory-steps", type=int, default=2)
+    p.add_argument("--chunks", type=int, nargs="+", default=[16, 4, 1])
+    p.add_argument("--memory-steps", type=int, default=1)
     p.add_argument("--out", default="benchmarks/results/distributed-cpu.json")
     args = p.parse_args()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
