@@ -2,6 +2,7 @@
 
 import json
 import zipfile
+from pathlib import Path
 
 import pytest
 import yaml
@@ -235,3 +236,13 @@ def test_module_entry_points_run_the_same_main():
         )
         assert done.returncode == 0, done.stderr
         assert "algorithms:" in done.stdout and "datasets:" in done.stdout
+
+
+def test_bench_times_any_config(capsys, tmp_path):
+    config = Path(__file__).resolve().parents[1] / "configs/sinusoid/maml-cpu.yaml"
+    out = tmp_path / "bench.json"
+    argv = ["bench", str(config), "--steps", "2", "--repeats", "1", "--device", "cpu"]
+    assert main([*argv, "--json", "--out", str(out)]) == 0
+    row = json.loads(capsys.readouterr().out)["configs"][0]
+    assert row["algorithm"] == "maml" and row["steps_per_s"] > 0
+    assert json.loads(out.read_text())["command"].startswith("metalab bench")
