@@ -203,9 +203,22 @@ class AugmentedImages:
 
     image_shape = input_shape
 
+    # what describes the split (run records): the labelled split's own tables
     @property
     def num_classes(self) -> int:
         return self.dataset.num_classes
+
+    @property
+    def counts(self) -> Tensor:
+        return self.dataset.counts
+
+    @property
+    def images(self) -> Tensor:
+        return self.dataset.images
+
+    @property
+    def group_names(self) -> list[str]:
+        return self.dataset.group_names
 
     def to(self, device: torch.device | str) -> AugmentedImages:
         return AugmentedImages(self.dataset.to(device), self.augment)
@@ -222,9 +235,10 @@ class AugmentedImages:
         )
 
     def __getattr__(self, name: str) -> Any:
-        # only reached for attributes not defined above (offsets, counts, images, ...): a learner
-        # that would read the split directly (flat batches, pairs, sequences) is refused
-        if name.startswith("__") or name == "dataset":
+        # only reached for attributes not defined above (offsets, require_images_per_class, ...):
+        # a learner that would draw from the split itself (flat batches, pairs, sequences) is
+        # refused; a name the split does not have either is an ordinary AttributeError
+        if name.startswith("__") or name == "dataset" or not hasattr(self.dataset, name):
             raise AttributeError(name)
         raise DataError(
             f"data.augment augments training episodes only, and this algorithm draws other "
