@@ -76,3 +76,20 @@ def test_load_learner(run: Path) -> None:
     learner, cfg, state = metalab.load_learner(run, device="cpu")
     assert isinstance(learner, metalab.MetaLearner) and not learner.training
     assert cfg.algorithm_name == "protonet" and state["step"] == 4
+
+
+def test_a_baseline_run_reloads_without_its_training_data(tmp_path: Path) -> None:
+    """Baseline's head size is read from the training split when unset; the run records the
+    resolved value, so evaluating or predicting later needs no training data."""
+    import shutil
+
+    data = glyph_dataset(tmp_path / "glyphs")
+    cfg = metalab.load_config(
+        Path(__file__).resolve().parents[1] / "configs/omniglot/baseline.yaml",
+        ["data.dataset=folder", "algorithm.hidden=8", "train.steps=2", "train.val_every=0"]
+        + ["train.tensorboard=false", "eval.ways=3", "train.device=cpu"],
+    )
+    metalab.train(cfg, tmp_path / "run", data_dir=data)
+    shutil.rmtree(data / "train")
+    learner, cfg, _ = metalab.load_learner(tmp_path / "run", device="cpu", checkpoint="last")
+    assert cfg.algorithm["classes"] == 8

@@ -117,7 +117,9 @@ def check_contract(name: str, values: dict, tmp_path) -> None:
     assert torch.isfinite(predictions).all()
 
     reloaded, reloaded_cfg, _ = load_learner(tmp_path / name, torch.device("cpu"), "last")
-    assert type(reloaded) is type(trained) and reloaded_cfg.to_dict() == cfg.to_dict()
+    # the run records the options as the learner resolved them (every default written out)
+    assert type(reloaded) is type(trained) and reloaded_cfg.to_dict() == trainer.cfg.to_dict()
+    assert {k: v for k, v in trainer.cfg.algorithm.items() if k in cfg.algorithm} == cfg.algorithm
     with torch.no_grad(), reloaded.eval_mode():
         assert torch.allclose(reloaded.predict(episode), predictions, rtol=1e-5, atol=1e-6)
     assert isinstance(reloaded.protocol_report(test, cfg.eval), dict)

@@ -367,6 +367,7 @@ def algorithm_options(cfg: Config, options_cls: type, where: str = "algorithm") 
 def parse_config(values: Any, source: str = "config") -> Config:
     """Validate a nested mapping (from YAML plus overrides) into a Config, including algorithm
     options; every type and range is checked here, before anything is built or written."""
+    import metalab.algorithms  # noqa: F401  (fills the registry: a config names an algorithm)
     from metalab.registry import ALGORITHMS
 
     if not isinstance(values, dict):

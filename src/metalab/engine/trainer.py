@@ -241,6 +241,11 @@ class Trainer:
         self.preprocess = train_split.preprocess  # None for sources that decode nothing (sinusoid)
         self.input_shape = input_shape(train_split)
         self.learner: MetaLearner = build_learner(cfg, self.input_shape, t.seed).to(self.device)
+        # the options as the learner resolved them (e.g. Baseline's class count, read from the
+        # data when unset), so config.yaml and the checkpoints rebuild it without the data
+        if dataclasses.is_dataclass(getattr(self.learner, "options", None)):
+            resolved = {"name": cfg.algorithm_name, **dataclasses.asdict(self.learner.options)}
+            self.cfg = cfg = dataclasses.replace(cfg, algorithm=resolved)
         self.sampler = self.learner.train_sampler(train_split, cfg)
         self.val_set = None
         if t.val_every > 0 and cfg.data.val_split and cfg.data.val_split in splits:
@@ -296,6 +301,10 @@ class Trainer:
         if cfg.data.data_dir is None and old.data.data_dir is not None:
             data = dataclasses.replace(cfg.data, data_dir=old.data.data_dir)
             cfg = dataclasses.replace(cfg, data=data)
+        # options left unset (None: resolved by the learner when built) take the run's value
+        unset = {k: v for k, v in old.algorithm.items() if cfg.algorithm.get(k) is None}
+        if unset:
+            cfg = dataclasses.replace(cfg, algorithm=cfg.algorithm | unset)
         a, b = _settings(old), _settings(cfg)
         changed = {
             k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)
