@@ -246,3 +246,28 @@ def test_bench_times_any_config(capsys, tmp_path):
     row = json.loads(capsys.readouterr().out)["configs"][0]
     assert row["algorithm"] == "maml" and row["steps_per_s"] > 0
     assert json.loads(out.read_text())["results"]["configs"][0]["algorithm"] == "maml"
+
+
+def test_sigterm_exits_143_with_last_pt_saved(tmp_path):
+    """What timeout, Docker and SLURM send: the run stops at a step boundary, says so, exits 143."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    config = Path(__file__).resolve().parents[1] / "configs/sinusoid/maml-cpu.yaml"
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "metalab", "train", str(config), "--out", str(out), "--quiet"]
+    cmd += ["--steps", "1000000", "--set", "train.log_every=1", "--set", "train.tensorboard=false"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and metrics.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert "stopped by SIGTERM at step" in err and "continue with --resume" in err
+    assert (out / "last.pt").exists()

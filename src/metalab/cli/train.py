@@ -75,10 +75,14 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     trainer = Trainer(cfg, out, args.resume, progress=not args.quiet)
     if not trainer.world.is_main:  # under torchrun, rank 0 alone records and prints
-        result = trainer.fit()
-        return 130 if result.stopped == "interrupted" else 0
+        return _exit_code(trainer.fit())
     # the run registry: a record from the start, its validation curve as it goes, the end
-    with TrainRecord.start(trainer.cfg, out, command_line(), args.registry, args.resume) as rec:
+    try:
+        record = TrainRecord.start(trainer.cfg, out, command_line(), args.registry, args.resume)
+    except BaseException:
+        trainer.close()  # release the run folder's lock
+        raise
+    with record as rec:
         trainer.on_step = rec.on_step
         result = trainer.fit()
         rec.finish(result)
@@ -88,12 +92,22 @@ def run(args: argparse.Namespace) -> int:
         if result.best_val is None
         else f", best validation {result.metric} {result.best_val:.4g}{unit}"
     )
-    how = {"steps": "finished", "time": "stopped by --max-minutes", "interrupted": "interrupted"}[
-        result.stopped
-    ]
+    how = {
+        "steps": "finished",
+        "time": "stopped by --max-minutes",
+        "interrupted": f"stopped by {result.signal or 'an interrupt'}",
+    }[result.stopped]
     print(
         f"{how} at step {result.step}{best}; checkpoints in {out}"
         + ("; continue with --resume" if result.stopped != "steps" else ""),
         file=sys.stderr,
     )
-    return 130 if result.stopped == "interrupted" else 0
+    return _exit_code(result)
+
+
+def _exit_code(result) -> int:
+    """0 when training ended by itself; 128 + the signal's number when a signal stopped it (130
+    for SIGINT, 143 for SIGTERM, as shells and job schedulers expect)."""
+    if result.stopped != "interrupted":
+        return 0
+    return 143 if result.signal == "SIGTERM" else 130
