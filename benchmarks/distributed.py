@@ -169,23 +169,28 @@ def main() -> None:
     p.add_argument("--long", type=int, default=13, help="steps of the long run")
     p.add_argument("--chunks", type=int, nargs="+", default=[16, 4, 1])
     p.add_argument("--memory-steps", type=int, default=1)
+    p.add_argument(
+        "--only", choices=("throughput", "memory"), help="measure one part (default: both)"
+    )
     p.add_argument("--out", default="benchmarks/results/distributed-cpu.json")
     args = p.parse_args()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     data_dir = str(Path(args.data_dir).resolve())
-    scaling = {str(n): throughput(data_dir, n, args.short, args.long, env) for n in args.procs}
-    comm = allreduce(max(args.procs), env) if max(args.procs) > 1 else {}
-    for name, probe in comm.items():
-        step = scaling[str(max(args.procs))][name]["step_s"]
-        probe["share_of_step"] = round(probe["allreduce_s"] / step, 5)
-    mem = memory(data_dir, args.chunks, args.memory_steps, env) if args.chunks else []
-    results = {
-        "threads_per_process": 1,
-        "scaling": scaling,
-        "communication": comm,
-        "maml_20w1s_memory_by_task_chunk": mem,
-        "note": "N-GPU scaling is an estimate from the compute / communication split, not measured",
-    }
+    results: dict = {"threads_per_process": 1}
+    if args.only in (None, "throughput"):
+        scaling = {str(n): throughput(data_dir, n, args.short, args.long, env) for n in args.procs}
+        comm = allreduce(max(args.procs), env) if max(args.procs) > 1 else {}
+        for name, probe in comm.items():
+            step = scaling[str(max(args.procs))][name]["step_s"]
+            probe["share_of_step"] = round(probe["allreduce_s"] / step, 5)
+        results |= {
+            "scaling": scaling,
+            "communication": comm,
+            "note": "N-GPU scaling is an estimate from the compute / communication split",
+        }
+    if args.only in (None, "memory"):
+        mem = memory(data_dir, args.chunks, args.memory_steps, env)
+        results["maml_20w1s_memory_by_task_chunk"] = mem
     device = "cuda" if torch.cuda.is_available() else "cpu"
     write_result(args.out, shlex.join(["python", *sys.argv]), results, torch.device(device))
     print(json.dumps(results, indent=1))
