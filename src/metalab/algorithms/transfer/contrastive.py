@@ -39,9 +39,10 @@ head is dropped, the backbone is frozen, and the support set of each task is cla
 ``classifier: centroid`` (nearest centroid of L2-normalised embeddings) or ``logistic`` (Tian et al.
 2020's logistic regression on them).
 
-Defaults: τ = 0.5 and a 2-layer projection head to 128 dimensions (SimCLR's CIFAR-10 settings,
-Appendix B.9); a batch of 256 images (512 views) instead of SimCLR's 4096, for a CPU; the
-backbone is metalab's Conv-4 instead of a ResNet; Adam instead of LARS. The augmentations are
+Defaults: a 2-layer projection head to 128 dimensions (SimCLR's output size); τ = 0.5 for SimCLR
+(one of the temperatures the paper compares; not tuned here) and 0.1 for SupCon (Khosla et al.'s);
+a batch of 256 images (512 views) instead of SimCLR's 4096, for a CPU. Deviations: metalab's
+Conv-4 backbone instead of a ResNet; Adam instead of LARS; the augmentations are
 :mod:`metalab.tasks.augment`'s (affine, erasing, stroke thickness) instead of crops and colour.
 """
 
