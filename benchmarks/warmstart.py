@@ -15,7 +15,10 @@ paper's MLP; the search space: outer rate, inner rate, inner steps (``SPACE``). 
    registry of past experiments;
 2. leaving each family out in turn, a warm study on it: the 3 past studies of the *other* families
    nearest in meta-feature space give their best configurations as the first trials
-   (``metalab tune --warm-start 3``, studies of the same task excluded), then TPE goes on.
+   (``metalab tune --warm-start 3``, studies of the same task excluded), then TPE goes on. The
+   registry grows as a user's would: it holds every study run before, the cold studies of all
+   families and seeds and the warm studies already run (of other families), so later warm studies
+   may start from earlier warm ones (each pair's ``warm_sources`` names them).
 
 Measured per (family, seed): the best-so-far validation MSE against trial number for both studies,
 and how many trials the warm study needs to reach the cold study's final best (goal of the issue: at

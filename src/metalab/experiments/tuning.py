@@ -236,7 +236,9 @@ def tune(spec: TuneSpec, trainer: TrialTrainer | None = None) -> TuneResult:
 
     registry = _open_for_recording(spec.registry)
     enqueued: list[dict[str, Any]] = []
-    if spec.warm_start > 0:
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    done = len(study.get_trials(deepcopy=False, states=states))
+    if spec.warm_start > 0 and done < spec.trials:  # a finished study gets nothing new to run
         from metalab.experiments.warmstart import enqueue_warm_starts
 
         enqueued = enqueue_warm_starts(
@@ -306,8 +308,6 @@ def tune(spec: TuneSpec, trainer: TrialTrainer | None = None) -> TuneResult:
                 raise KeyboardInterrupt
             return result.best_val
 
-    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    done = len(study.get_trials(deepcopy=False, states=states))
     if done < spec.trials:
         study.optimize(
             objective,
