@@ -113,6 +113,33 @@ def values_of(storage: str, study: str, trials: int) -> list[float | None]:
     return [t.value for t in sorted(s.trials, key=lambda t: t.number)][:trials]
 
 
+def warm_sources(storage: str, study: str, registry: str) -> list[dict]:
+    """The trials a study was warm-started with (their ``warm_start_from`` registry records)."""
+    import optuna
+
+    from metalab.experiments.registry import Registry
+
+    reg = Registry(registry)
+    out = []
+    for t in sorted(
+        optuna.load_study(study_name=study, storage=storage).trials, key=lambda t: t.number
+    ):
+        uid = t.user_attrs.get("warm_start_from")
+        if uid:
+            past = reg.get(uid)
+            out.append(
+                {
+                    "trial": t.number,
+                    "from_study": past["study"],
+                    "from_value": past["value"],
+                    "distance": t.user_attrs.get("warm_start_distance"),
+                    "params": t.params,
+                    "value": t.value,
+                }
+            )
+    return out
+
+
 def best_so_far(values: list[float | None]) -> list[float]:
     out, best = [], math.inf
     for v in values:
@@ -164,14 +191,15 @@ def main() -> None:
         t0 = time.monotonic()
         result = tune(spec)
         values = values_of(result.storage, name, args.trials)
+        sources = warm_sources(result.storage, name, registry) if warm else []
         print(
-            f"{name}: best {result.best_value:.4f} after {len(values)} trials, "
+            f"{name}: best of the first {len(values)} trials {min(best_so_far(values)):.4f}, "
             f"{time.monotonic() - t0:.0f} s"
-            + (f", warm from {[s['study'] for s in result.enqueued]}" if warm else ""),
+            + (f", warm from {[s['from_study'] for s in sources]}" if warm else ""),
             file=sys.stderr,
             flush=True,
         )
-        return result, values
+        return result, values, sources
 
     rows = []
     cold: dict[tuple[str, int], list] = {}
@@ -180,8 +208,8 @@ def main() -> None:
             cold[family, seed] = study(family, seed, warm=False)
     for seed in range(args.seeds):
         for family in args.families:
-            warm_result, warm_values = study(family, seed, warm=True)
-            cold_result, cold_values = cold[family, seed]
+            warm_result, warm_values, sources = study(family, seed, warm=True)
+            cold_result, cold_values, _ = cold[family, seed]
             cold_curve, warm_curve = best_so_far(cold_values), best_so_far(warm_values)
             target = cold_curve[-1]
             reached = next((i + 1 for i, v in enumerate(warm_curve) if v <= target), None)
@@ -199,10 +227,7 @@ def main() -> None:
                     "warm_final_best": warm_curve[-1],
                     "warm_first_trial": warm_values[0],
                     "trials_for_warm_to_reach_cold_best": reached,
-                    "warm_sources": [
-                        {k: s[k] for k in ("study", "distance", "value", "params")}
-                        for s in warm_result.enqueued
-                    ],
+                    "warm_sources": sources,
                     "cold_best_params": cold_result.best_params,
                     "warm_best_params": warm_result.best_params,
                 }
