@@ -395,7 +395,9 @@ class Registry:
         rows = [
             x
             for x in self.query(dataset=dataset, ways=ways, shots=shots, split=split)
-            if x["value"] is not None and x["status"] in ("finished", "stopped")
+            if x["value"] is not None
+            and x["status"] in ("finished", "stopped")
+            and x["kind"] != "study"  # a study's record repeats its best trial's value
         ]
         rows.sort(key=lambda x: -x["value"] if x["metric"] == "accuracy" else x["value"])
         return rows[:limit]
