@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from metalab.tools.allocator import keep_freed_memory_unless_opted_out
 from metalab.tools.provenance import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,6 +175,7 @@ def main() -> None:
     )
     p.add_argument("--out", default="benchmarks/results/distributed-cpu.json")
     args = p.parse_args()
+    keep_freed_memory_unless_opted_out()  # as the metalab subprocesses do: the record says so
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     data_dir = str(Path(args.data_dir).resolve())
     results: dict = {"threads_per_process": 1}
