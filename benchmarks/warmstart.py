@@ -232,6 +232,13 @@ def main() -> None:
                     "warm_best_params": warm_result.best_params,
                 }
             )
+    from metalab.experiments.registry import Registry
+
+    trial_walls = [
+        r["wall_s"] or 0.0
+        for r in Registry(registry).query(kind="trial")
+        if (r["run_dir"] or "").startswith(str(work))
+    ]
     reached = [r["trials_for_warm_to_reach_cold_best"] for r in rows]
     # a study that never reached the target counts as trials + 1 (a lower bound on its need)
     need = [args.trials + 1 if n is None else n for n in reached]
@@ -250,7 +257,11 @@ def main() -> None:
         "warm_first_trial_beats_cold_first": sum(
             (r["warm_values"][0] or math.inf) < (r["cold_values"][0] or math.inf) for r in rows
         ),
-        "wall_s": round(time.monotonic() - started, 1),
+        # training time of all trials as recorded in the registry when they ran (a rerun that
+        # reuses the studies only recomputes the analysis: analysis_wall_s)
+        "trials_run": len(trial_walls),
+        "trials_wall_s_total": round(sum(trial_walls), 1),
+        "analysis_wall_s": round(time.monotonic() - started, 1),
     }
     settings = {
         "families": {f: FAMILIES[f] for f in args.families},
