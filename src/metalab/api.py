@@ -182,6 +182,12 @@ def predict(
             f"the support set has {len(names)} class(es): a prediction needs at least 2 to choose "
             f"between (with one, every query would get probability 1)"
         )
+    if learner.fixed_ways and len(names) != learner.ways:
+        raise ConfigError(
+            f"the support set has {len(names)} classes, but {state['path']} "
+            f"({cfg.algorithm_name}) has one output unit per class and was trained with "
+            f"{learner.ways}: give it exactly {learner.ways} classes"
+        )
     labels = torch.repeat_interleave(torch.arange(len(names)), counts)
     query_x = load_images([Path(q) for q in queries], pre)
     episode = Episode(

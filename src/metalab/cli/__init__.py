@@ -33,8 +33,16 @@ COMMANDS = (
 )  # order in --help
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that a usage error is one line (naming the flag or value, and the command's
+    --help) like every other error, not the usage text followed by the error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"metalab: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="metalab", description="Meta-learning on PyTorch.")
+    parser = _Parser(prog="metalab", description="Meta-learning on PyTorch.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
@@ -42,7 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(text: str) -> str:
+    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else [*argv]  # (no builtin list here: see above)
     args = build_parser().parse_args(argv)
     # large tensors reused, not page-faulted in every step (allocator.py)
     keep_freed_memory_unless_opted_out()
@@ -51,15 +64,25 @@ def main(argv: list[str] | None = None) -> int:
     )
     from metalab.engine.distributed import close_world, current_world, world_from_env
 
+    def error(message: str) -> None:
+        world = current_world() if current_world().distributed else world_from_env()
+        rank = f" (rank {world.rank})" if world.distributed else ""
+        print(f"metalab: error{rank}: {_one_line(message)}", file=sys.stderr)
+
     try:
         return args.command_run(args)
     except MetalabError as e:
         if args.debug:
             raise
-        world = current_world() if current_world().distributed else world_from_env()
-        rank = f" (rank {world.rank})" if world.distributed else ""
-        print(f"metalab: error{rank}: {e}", file=sys.stderr)
+        error(str(e))
         return 2
+    except OSError as e:  # a file-system error no check foresaw: read-only, disk full, too long
+        if args.debug:
+            raise
+        from metalab.cli.flags import describe_os_error
+
+        error(describe_os_error(e, argv))
+        return 1
     except KeyboardInterrupt:
         print("metalab: interrupted", file=sys.stderr)
         return 130

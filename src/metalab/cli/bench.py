@@ -7,7 +7,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from metalab.cli.flags import command_line
+from metalab.cli.flags import command_line, writing
+from metalab.errors import ConfigError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -38,16 +39,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from metalab.cli.flags import check_output_file
     from metalab.engine.build import resolve_device
     from metalab.tools.bench import run_bench
     from metalab.tools.provenance import write_result
 
+    for flag, value in (("--steps", args.steps), ("--repeats", args.repeats)):
+        if value < 1:
+            raise ConfigError(f"{flag} {value} is invalid: it must be at least 1")
+    if args.out:  # refused before the measurement, not after it
+        check_output_file(args.out, "--out")
     device = resolve_device(args.device)
     if args.configs:
         return _bench_configs(args, device)
     result = run_bench(device, args.repeats)
     if args.out:
-        write_result(args.out, command_line(), result, device)
+        with writing(args.out, "--out"):
+            write_result(args.out, command_line(), result, device)
     if args.json:
         print(json.dumps(result))
         return 0
@@ -81,7 +89,8 @@ def _bench_configs(args: argparse.Namespace, device) -> int:
         rows.append({"config": path} | bench_algorithm(cfg, device, args.repeats, args.steps))
     result = {"device": str(device), "configs": rows}
     if args.out:
-        write_result(args.out, command_line(), result, device)
+        with writing(args.out, "--out"):
+            write_result(args.out, command_line(), result, device)
     if args.json:
         print(json.dumps(result))
         return 0

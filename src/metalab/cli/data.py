@@ -8,7 +8,7 @@ import json
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="dataset tools")
-    dsub = p.add_subparsers(dest="data_command", required=True)
+    dsub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
     q = dsub.add_parser(
         "info", help="what a dataset holds per split (classes, images, and its own counts)"
     )

@@ -53,6 +53,7 @@ def load_image_folder(
         "size": preprocess.image_size,
         "channels": preprocess.channels,
         "invert": preprocess.invert,
+        "alpha": "composited",  # transparent images onto a contrasting background (imaging.py)
     }
     cache_name = "folder-" + re.sub(r"[^\w.-]", "_", name)
     payload = load_or_build(cache_name, params, [root], build, cache_dir)
@@ -64,17 +65,57 @@ def load_image_folder(
 
 def _class_files(root: Path) -> dict[str, list[Path]]:
     """Class name → its image files, both sorted; checks the layout."""
+    try:
+        return _class_files_checked(root)
+    except OSError as e:
+        where = e.filename if e.filename is not None else root
+        raise DataError(f"cannot read {where} ({e.strerror}); expected {LAYOUT}") from None
+
+
+def _images_below(folder: Path) -> int:
+    """How many image files the sub-folders of `folder` hold, at any depth (hidden ones aside)."""
+    return sum(
+        1
+        for f in folder.rglob("*")
+        if f.suffix.lower() in IMAGE_EXTENSIONS
+        and not any(part.startswith(".") for part in f.relative_to(folder).parts)
+        and f.is_file()
+    )
+
+
+def _class_files_checked(root: Path) -> dict[str, list[Path]]:
     if not root.is_dir():
-        raise DataError(f"image folder {root} not found; expected {LAYOUT}")
-    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        what = "is a file, not a folder" if root.exists() else "not found"
+        raise DataError(f"image folder {root} {what}; expected {LAYOUT}")
+    entries = sorted(e for e in root.iterdir() if not e.name.startswith("."))
+    class_dirs = [d for d in entries if d.is_dir()]
     if not class_dirs:
-        raise DataError(f"{root} has no class folders; expected {LAYOUT}")
+        loose = sum(1 for e in entries if e.is_file() and e.suffix.lower() in IMAGE_EXTENSIONS)
+        found = f" (it holds {loose} image(s) directly: put them in class folders)" if loose else ""
+        raise DataError(f"{root} has no class folders{found}; expected {LAYOUT}")
     files = {}
     for class_dir in class_dirs:
-        visible = sorted(
-            f for f in class_dir.iterdir() if f.is_file() and not f.name.startswith(".")
-        )
+        children = sorted(e for e in class_dir.iterdir() if not e.name.startswith("."))
+        visible = [f for f in children if f.is_file()]
         images = [f for f in visible if f.suffix.lower() in IMAGE_EXTENSIONS]
+        nested = [(d, _images_below(d)) for d in children if d.is_dir()]
+        nested = [(d, n) for d, n in nested if n]
+        if nested and not images:
+            d, n = nested[0]
+            raise DataError(
+                f"class folder {class_dir} has no images of its own, but its sub-folder {d} holds "
+                f"{n}; images of a class go directly in its folder ({LAYOUT}): move them up"
+            )
+        if nested:
+            d, n = nested[0]
+            more = f" and {len(nested) - 1} more sub-folder(s)" if len(nested) > 1 else ""
+            log.warning(
+                "ignored %d image(s) in sub-folder %s%s: only the images directly in a class "
+                "folder belong to the class",
+                sum(n for _, n in nested),
+                d,
+                more,
+            )
         skipped = len(visible) - len(images)
         if skipped:
             example = next(f for f in visible if f not in images)

@@ -4,6 +4,7 @@ alike)."""
 from __future__ import annotations
 
 import io
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,8 @@ from metalab.errors import ConfigError, DataError
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
 _MODES = {1: "L", 3: "RGB"}
+
+log = logging.getLogger("metalab")
 
 
 def decode_image(source: bytes | Path, preprocess: Preprocess, name: str) -> Tensor:
@@ -42,6 +45,7 @@ def decode_image(source: bytes | Path, preprocess: Preprocess, name: str) -> Ten
     size = (preprocess.image_size, preprocess.image_size)
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+            image = _without_alpha(image, name)
             pixels = np.asarray(image.convert(mode).resize(size, Image.LANCZOS), dtype=np.uint8)
     except (
         Exception
@@ -58,6 +62,34 @@ def decode_image(source: bytes | Path, preprocess: Preprocess, name: str) -> Ten
     return 255 - tensor if preprocess.invert else tensor
 
 
+def _has_alpha(image: Image.Image) -> bool:
+    return (
+        image.mode in ("RGBA", "LA", "PA", "RGBa", "La")
+        or (image.mode == "P" and "transparency" in image.info)
+        or (image.mode in ("L", "RGB", "1") and "transparency" in image.info)
+    )
+
+
+def _without_alpha(image: Image.Image, name: str) -> Image.Image:
+    """An image with transparency, composited onto a background that contrasts with what it
+    draws: white behind dark strokes, black behind bright ones (converting it to grayscale or RGB
+    would drop the alpha and leave the colour of the transparent pixels, often the strokes' own:
+    a blank image). Images without transparency are returned as they are."""
+    if not _has_alpha(image):
+        return image
+    rgba = image.convert("RGBA")
+    alpha = np.asarray(rgba.getchannel("A"))
+    if alpha.min() == 255:
+        return rgba.convert("RGB")
+    opaque = alpha >= 128
+    if not opaque.any():
+        log.warning("image %s is fully transparent: it decodes to a blank image", name)
+        return rgba.convert("RGB")
+    luminance = np.asarray(rgba.convert("L"), dtype=np.float32)
+    background = (255, 255, 255, 255) if luminance[opaque].mean() < 128 else (0, 0, 0, 255)
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, background), rgba).convert("RGB")
+
+
 def load_images(paths: list[Path], preprocess: Preprocess) -> Tensor:
     """Decode image files (for example the query images of `metalab predict`) into one (n, C, H, W)
     uint8 tensor."""
@@ -65,7 +97,15 @@ def load_images(paths: list[Path], preprocess: Preprocess) -> Tensor:
         raise DataError("no image files given")
     images = []
     for path in map(Path, paths):
-        if not path.is_file():
-            raise DataError(f"image file {path} not found")
+        try:
+            if path.is_dir():
+                raise DataError(
+                    f"{path} is a folder, not an image file; pass its images (e.g. {path}/*.png)"
+                )
+            if not path.is_file():
+                what = "is not a regular file" if path.exists() else "not found"
+                raise DataError(f"image file {path} {what}")
+        except OSError as e:
+            raise DataError(f"image file {path} cannot be read ({e.strerror})") from None
         images.append(decode_image(path, preprocess, str(path)))
     return torch.stack(images)

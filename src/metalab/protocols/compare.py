@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from metalab.config import EvalConfig
 from metalab.engine.build import load_learner
 from metalab.engine.distributed import current_world, evaluate_on_ranks
 from metalab.engine.evaluate import mean_ci95
@@ -123,6 +124,7 @@ def compare_runs(
     """
     if not runs:
         raise ConfigError("compare needs at least one run directory")
+    check_settings(ways, shots, queries, episodes, seed, split, batch)
     learners = {}
     for run in map(Path, runs):
         learner, cfg, state = load_learner(run, device, checkpoint)
@@ -235,6 +237,8 @@ def compare_runs(
                         "significant": abs(mean) > ci,
                     }
                 )
+    if not per_episode:
+        raise DataError(_nothing_evaluable(settings, methods))
     report = {
         "command": command,
         "split": split,
@@ -249,11 +253,55 @@ def compare_runs(
     if not current_world().is_main:  # rank 0 alone writes
         return report
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "compare.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out_dir / "compare.md").write_text(markdown_report(report))
-    plot_report(report, out_dir / "compare.png")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "compare.json").write_text(json.dumps(report, indent=2) + "\n")
+        (out_dir / "compare.md").write_text(markdown_report(report))
+        plot_report(report, out_dir / "compare.png")
+    except OSError as e:
+        where = e.filename if e.filename is not None else out_dir
+        raise DataError(
+            f"the comparison could not be written to {where} ({e.strerror or e}); free space "
+            "or choose another --out"
+        ) from None
     return report
+
+
+def check_settings(
+    ways: Sequence[int],
+    shots: Sequence[int],
+    queries: int,
+    episodes: int,
+    seed: int,
+    split: str = "test",
+    batch: int = 25,
+) -> None:
+    """Refuse settings outside their ranges (those of ``eval:``, naming the flag) before any run is
+    loaded; ways must be at least 2 (a 1-way task has one answer)."""
+    if not ways or not shots:
+        raise ConfigError("compare needs at least one --ways and one --shots")
+    for n, k in itertools.product(ways, shots):
+        EvalConfig(
+            split=split, ways=n, shots=k, queries=queries, episodes=episodes, seed=seed, batch=batch
+        )
+        if n < 2:
+            raise ConfigError(
+                f"--ways {n} is invalid for a comparison of classifiers: it must be at least 2"
+            )
+
+
+def _nothing_evaluable(settings: list[dict[str, Any]], methods: dict[str, Any]) -> str:
+    """The one line saying that no run could be evaluated at any setting, with the reasons."""
+    reasons: dict[str, list[str]] = {}
+    for m in methods.values():
+        for key, r in m["results"].items():
+            if "skipped" in r and key not in reasons.setdefault(r["skipped"], []):
+                reasons[r["skipped"]].append(key)
+    why = "; ".join(f"{', '.join(keys)}: {reason}" for reason, keys in reasons.items())
+    return (
+        f"nothing to compare: no run could be evaluated at any of the {len(settings)} settings "
+        f"({why}); choose --ways and --shots that the runs and the data allow"
+    )
 
 
 def markdown_report(report: dict[str, Any]) -> str:

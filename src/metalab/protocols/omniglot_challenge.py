@@ -309,7 +309,17 @@ class Challenge(Protocol):
                 f"{flag} classifies images, but {ev.state['path']} was trained on "
                 f"'{ev.cfg.data.dataset}', which has none; evaluate a run trained on images"
             )
-        if flag == "--within-alphabet" and pre["channels"] != 1:
+        within = flag == "--within-alphabet"
+        if (
+            within
+            and ev.cfg.data.dataset != "omniglot"
+            and not getattr(ev.options, "data_dir", None)
+        ):
+            return (
+                f"{flag} draws Omniglot's evaluation alphabets, but {ev.state['path']} was trained "
+                f"on '{ev.cfg.data.dataset}'; pass --data-dir DIR holding Omniglot"
+            )
+        if within and pre["channels"] != 1:
             return (
                 f"{flag} draws grayscale Omniglot images, but {ev.state['path']} was trained on "
                 f"{pre['channels']}-channel images; use --challenge-runs, decoded as the run was"

@@ -14,13 +14,20 @@ from typing import Any
 
 from metalab.engine.distributed import current_world, evaluate_on_ranks
 from metalab.engine.evaluate import EvalResult
+from metalab.errors import ConfigError
 from metalab.protocols.base import Evaluation, Protocol
 from metalab.tasks.episodes import fixed_episodes
 
 
 def standard_report(ev: Evaluation) -> tuple[dict[str, Any], EvalResult]:
     """Evaluate ``ev`` on its fixed episodes: the JSON report and the raw result."""
-    e, split = ev.settings, ev.split
+    e = ev.settings
+    if e.ways == 1:
+        raise ConfigError(
+            "--ways 1 is invalid: a 1-way task has one answer, so every query would be right; "
+            "evaluate with --ways 2 or more"
+        )
+    split = ev.split
     episodes = fixed_episodes(
         split, e.ways, e.shots, e.queries, e.episodes, e.seed, ev.data.within_group
     )
