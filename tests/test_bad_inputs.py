@@ -9,7 +9,9 @@ glyph fixture, MAML on sinusoids for 2 steps. ``{name}`` in a row is a path of :
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import shlex
 import sys
@@ -227,7 +229,7 @@ CASES: list[tuple[str, str, list[str]]] = [
     ("list-unknown-flag", "list --all", ["--all"]),
     # --- train: the config file
     ("train-config-missing", "train {missing}.yaml --out {new}", ["no-such-thing.yaml"]),
-    ("train-config-is-dir", "train {emptydir} --out {new}", ["emptydir"]),
+    ("train-config-is-dir", "train {emptydir} --out {new}", ["emptydir", "is a folder"]),
     ("train-config-too-long", "train {d}/" + LONG + ".yaml --out {new}", [LONG[:40]]),
     ("train-config-empty", "train {c_empty} --out {new}", ["empty.yaml", "empty"]),
     ("train-config-comment-only", "train {c_comment} --out {new}", ["comment.yaml", "empty"]),
@@ -320,7 +322,7 @@ CASES: list[tuple[str, str, list[str]]] = [
     # --- train: data
     ("train-data-missing", "train {pny} --out {new} --data-dir {missing}", ["no-such-thing"]),
     ("train-data-none", "train {pny} --out {new}", ["--data-dir"]),
-    ("train-data-is-file", "train {pny} --out {new} --data-dir {file}", ["plain.txt"]),
+    ("train-data-is-file", "train {pny} --out {new} --data-dir {file}", ["plain.txt", "a file"]),
     ("train-data-empty", "train {pny} --out {new} --data-dir {emptydir}", ["emptydir"]),
     ("train-data-no-classes", "train {pny} --out {new} --data-dir {d_noclass}", ["d_noclass"]),
     (
@@ -407,7 +409,7 @@ CASES: list[tuple[str, str, list[str]]] = [
     ("eval-data-missing", "eval {pn} --data-dir {missing}", ["no-such-thing"]),
     ("eval-data-is-file", "eval {pn} --data-dir {file}", ["plain.txt"]),
     ("eval-data-no-test", "eval {pn} --data-dir {d_notest}", ["d_notest", "test"]),
-    ("eval-data-split-is-file", "eval {pn} --data-dir {d_filesplit}", ["test"]),
+    ("eval-data-split-is-file", "eval {pn} --data-dir {d_filesplit}", ["test", "a file"]),
     ("eval-dataset-unknown", "eval {pn} --dataset imagenet", ["--dataset", "imagenet"]),
     ("eval-dataset-no-dir", "eval {pn} --dataset omniglot", ["--data-dir"]),
     ("eval-dataset-sinusoid", "eval {pn} --dataset sinusoid", ["sinusoid"]),
@@ -601,3 +603,104 @@ def test_bad_input_is_one_line(ws, argv, needles, capsys, caplog, tmp_path):
         else:
             assert needle.format(**paths) in line, (needle, line)
     assert "nan" not in captured.out.lower()
+
+
+def _one_error(argv: list[str], capsys, caplog) -> str:
+    caplog.set_level(logging.WARNING)
+    code = _run(argv)
+    captured = capsys.readouterr()
+    lines = [f"metalab: {r.getMessage()}" for r in caplog.records] + captured.err.splitlines()
+    assert code != 0 and len(lines) == 1 and lines[0].startswith("metalab: error"), lines
+    assert "nan" not in captured.out.lower()
+    return lines[0]
+
+
+def test_compare_out_is_checked_before_any_work(ws, capsys, caplog, monkeypatch):
+    import metalab.protocols.compare as compare
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("a run was loaded before --out was checked")
+
+    monkeypatch.setattr(compare, "load_learner", no_work)
+    for out in (ws["file"], ws["file"] + "/c", ws["ro"] + "/c", ws["d"] + "/" + LONG):
+        line = _one_error(["compare", ws["pn"], "--out", out], capsys, caplog)
+        assert "--out" in line
+        caplog.clear()
+    assert not Path(ws["d"], LONG[:10]).exists()
+
+
+def test_eval_json_is_finite_and_non_finite_weights_are_refused(ws, capsys, caplog, tmp_path):
+    assert main(["eval", ws["pn"], "--json", "--episodes", "3", "--device", "cpu"]) == 0
+
+    def no_constants(name):
+        raise AssertionError(f"{name} is not JSON")
+
+    report = json.loads(capsys.readouterr().out, parse_constant=no_constants)
+    assert report["episodes"] == 3 and math.isfinite(report["accuracy"])
+    state = torch.load(Path(ws["pn"], "best.pt"), weights_only=True)
+    state["model"] = {
+        k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+        for k, v in state["model"].items()
+    }
+    torch.save(state, tmp_path / "nan.pt")
+    for argv in (
+        ["eval", str(tmp_path / "nan.pt"), "--json"],
+        ["compare", str(tmp_path / "nan.pt"), "--out", str(tmp_path / "c"), "--ways", "3"],
+    ):
+        assert "nan.pt" in _one_error(argv, capsys, caplog)
+    assert not (tmp_path / "c").exists()
+    argv = ["predict", str(tmp_path / "nan.pt"), "--support", ws["sup"], "--query", ws["q"]]
+    assert "not finite" in _one_error(argv + ["--json"], capsys, caplog)
+
+
+def _rgba(path: Path, stroke: int) -> Path:
+    """A 28×28 glyph of `stroke`-coloured pixels on a fully transparent background whose colour
+    channels are those of the stroke (what many editors save)."""
+    pixels = np.zeros((28, 28, 4), np.uint8)
+    pixels[..., :3] = stroke
+    pixels[8:20, 12:16, 3] = 255
+    Image.fromarray(pixels, "RGBA").save(path)
+    return path
+
+
+def test_transparent_images_are_composited_not_blank(tmp_path, caplog):
+    from metalab.data.base import Preprocess
+    from metalab.data.imaging import decode_image
+
+    gray = Preprocess(28, 1, False)
+    dark = decode_image(_rgba(tmp_path / "dark.png", 0), gray, "dark.png")[0]
+    assert dark[14, 14] < 30 and dark[2, 2] > 225  # black strokes on white paper
+    bright = decode_image(_rgba(tmp_path / "bright.png", 255), gray, "bright.png")[0]
+    assert bright[14, 14] > 225 and bright[2, 2] < 30  # white strokes on black
+    inverted = decode_image(tmp_path / "dark.png", Preprocess(28, 1, True), "dark.png")[0]
+    assert inverted[14, 14] > 225 and inverted[2, 2] < 30
+    rgb = decode_image(tmp_path / "dark.png", Preprocess(28, 3, False), "dark.png")
+    assert rgb.shape == (3, 28, 28) and rgb[:, 2, 2].min() > 225
+    la = Image.fromarray(np.asarray(Image.open(tmp_path / "dark.png").convert("LA")), "LA")
+    la.save(tmp_path / "la.png")
+    assert decode_image(tmp_path / "la.png", gray, "la.png")[0][2, 2] > 225
+    palette = Image.open(tmp_path / "dark.png").convert("P", palette=Image.ADAPTIVE, colors=4)
+    palette.info["transparency"] = palette.getpixel((2, 2))
+    palette.save(tmp_path / "p.png", transparency=palette.getpixel((2, 2)))
+    assert decode_image(tmp_path / "p.png", gray, "p.png")[0][2, 2] > 225
+    empty = np.zeros((28, 28, 4), np.uint8)
+    Image.fromarray(empty, "RGBA").save(tmp_path / "empty.png")
+    caplog.set_level(logging.WARNING)
+    decode_image(tmp_path / "empty.png", gray, "empty.png")
+    assert [r.getMessage() for r in caplog.records] == [
+        "image empty.png is fully transparent: it decodes to a blank image"
+    ]
+
+
+def test_predict_warns_once_about_images_in_sub_folders(ws, tmp_path, capsys, caplog):
+    support = tmp_path / "support"
+    png_folder(support, 2, 2, 20)
+    png_folder(support / "class01" / "more", 1, 3, 21)
+    _rgba(support / "class00" / "transparent.png", 0)
+    caplog.set_level(logging.WARNING)
+    argv = ["predict", ws["pn"], "--support", str(support), "--query", ws["q"], ws["q2"]]
+    assert main(argv + ["--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 2 and set(rows[0]["probabilities"]) == {"class00", "class01"}
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "class01/more" in warnings[0] and "3 image(s)" in warnings[0]

@@ -453,8 +453,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Read a YAML preset, apply ``key.sub=value`` overrides (values parsed as YAML), validate."""
     path = Path(path)
     if not path.is_file():
+        what = "is a folder, not a YAML file" if path.is_dir() else "not found"
         raise ConfigError(
-            f"config file {path} not found; presets live in configs/ (see `metalab list`)"
+            f"config file {path} {what}; presets live in configs/ (see `metalab list`)"
         )
     values = read_yaml(path)
     if values is None:

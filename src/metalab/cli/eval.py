@@ -8,9 +8,8 @@ otherwise) computes the report, and the command prints it as text or, with --jso
 from __future__ import annotations
 
 import argparse
-import json
 
-from metalab.cli.flags import add_dataset_flag, add_task_flags, command_line
+from metalab.cli.flags import add_dataset_flag, add_task_flags, command_line, finite_json
 from metalab.experiments.record import add_registry_flag, record_eval
 
 
@@ -49,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not current_world().is_main:  # under torchrun, rank 0 alone records and prints
         return 0
+    line = finite_json(report, f"the {protocol.name} evaluation of {args.run}")  # NaN: refused
     record_eval(report, ev.cfg, ev.__dict__.get("split"), command_line(), args.registry, ev.data)
-    print(json.dumps(report) if args.json else protocol.text(report))
+    print(line if args.json else protocol.text(report))
     return 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import json
+import math
 import os
 import sys
 import tempfile
@@ -143,3 +145,26 @@ def writing(path: str | Path, flag: str):
         yield
     except OSError as e:
         raise MetalabError(f"{flag} {path} could not be written: {_os_reason(e)}") from None
+
+
+def _non_finite(obj) -> list[str]:
+    """The keys (dotted) of the non-finite floats in a JSON-ready object."""
+    if isinstance(obj, float):
+        return [] if math.isfinite(obj) else [""]
+    if isinstance(obj, dict):
+        return [f"{k}.{p}".rstrip(".") for k, v in obj.items() for p in _non_finite(v)]
+    if isinstance(obj, (list, tuple)):
+        return [f"[{i}].{p}".rstrip(".") for i, v in enumerate(obj) for p in _non_finite(v)]
+    return []
+
+
+def finite_json(obj, what: str) -> str:
+    """``obj`` as one line of JSON, or an error naming its non-finite values: NaN and Infinity are
+    not JSON, and a score that is not finite is no result."""
+    bad = _non_finite(obj)
+    if bad:
+        raise MetalabError(
+            f"{what} is not finite ({', '.join(bad[:5])}); the checkpoint's outputs are not "
+            "finite numbers: evaluate another checkpoint (--checkpoint last) or retrain"
+        )
+    return json.dumps(obj, allow_nan=False)

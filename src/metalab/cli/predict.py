@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
+
+from metalab.cli.flags import finite_json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -27,8 +28,9 @@ def run(args: argparse.Namespace) -> int:
     rows = predict(
         args.run, args.support, args.query, device=args.device, checkpoint=args.checkpoint
     )
+    line = finite_json(rows, f"the prediction of {args.run}")  # NaN probabilities: refused
     if args.json:
-        print(json.dumps(rows))
+        print(line)
     else:
         for r in rows:
             print(f"{r['query']}\t{r['class']}\t{r['probability']:.3f}")

@@ -24,7 +24,7 @@ import torch
 
 from metalab.algorithms.base import MetaLearner
 from metalab.config import Config, DataConfig, EvalConfig
-from metalab.errors import ConfigError
+from metalab.errors import CheckpointError, ConfigError
 from metalab.protocols.target import check_fits, evaluation_data
 
 # the flags that override the run's ``eval:`` settings, by EvalConfig field
@@ -62,6 +62,7 @@ class Evaluation:
         get = lambda name, default=None: getattr(options, name, None) or default
         _, device = init_world(get("device", "auto"))  # torchrun: this rank's device
         learner, cfg, state = load_learner(run, device, get("checkpoint", "best"))
+        check_finite(learner, state["path"])
         data = evaluation_data(cfg, state, get("dataset"), get("data_dir"))
         flags = {k: getattr(options, k, None) for k in EVAL_FLAGS}
         settings = dataclasses.replace(
@@ -77,6 +78,21 @@ class Evaluation:
         split = load_split(self.data, self.settings.split)
         check_fits(split, self.state, self.data)
         return split.to(self.device)
+
+
+def check_finite(learner: torch.nn.Module, path: Any) -> None:
+    """Refuse a learner whose weights or buffers (BatchNorm statistics) are not all finite: its
+    scores would be NaN or meaningless."""
+    for kind, tensors in (
+        ("weight", learner.named_parameters()),
+        ("buffer", learner.named_buffers()),
+    ):
+        for name, t in tensors:
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise CheckpointError(
+                    f"{path} holds non-finite values (NaN or infinity) in its {kind} {name}; "
+                    "evaluate another checkpoint (--checkpoint last or best) or retrain"
+                )
 
 
 class Protocol:

@@ -33,6 +33,7 @@ from metalab.engine.build import load_learner
 from metalab.engine.distributed import current_world, evaluate_on_ranks
 from metalab.engine.evaluate import mean_ci95
 from metalab.errors import ConfigError, DataError
+from metalab.protocols.base import check_finite
 from metalab.protocols.target import check_fits, evaluation_data
 from metalab.tasks.episodes import FixedEpisodes
 from metalab.tasks.sources import load_split
@@ -128,6 +129,7 @@ def compare_runs(
     learners = {}
     for run in map(Path, runs):
         learner, cfg, state = load_learner(run, device, checkpoint)
+        check_finite(learner, state["path"])
         name = run.name if run.is_dir() else f"{run.parent.name}/{run.stem}"
         if name in learners:
             name = str(run)

@@ -104,9 +104,11 @@ def _folder_load(data: DataConfig, split: str) -> ClassIndexedDataset:
 
     root = data_dir_of(data) / split
     if not root.is_dir():
-        raise DataError(
-            f"{root} not found: a folder dataset needs {root.parent}/{split}/<class>/<images>"
-        )
+        if root.parent.is_file():
+            what = f"--data-dir {root.parent} is a file, not a folder"
+        else:
+            what = f"{root} is a file, not a folder" if root.exists() else f"{root} not found"
+        raise DataError(f"{what}: a folder dataset needs {root.parent}/{split}/<class>/<images>")
     return load_image_folder(root, _folder_preprocess(data), name=f"folder-{split}")
 
 
