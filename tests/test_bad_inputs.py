@@ -180,6 +180,8 @@ def ws(tmp_path_factory) -> dict[str, str]:
         Image.fromarray(np.zeros((28, 28), np.uint8)).save(p["flat"] / f"{i}.png")
     p["corrupt"] = d / "corrupt.png"
     p["corrupt"].write_bytes(b"\x89PNG\r\n\x1a\n but then nothing")
+    p["emptypng"] = d / "empty.png"
+    p["emptypng"].write_bytes(b"")
     p["textpng"] = d / "text.png"
     p["textpng"].write_text("hello\n")
     p["corruptsup"] = d / "corruptsup"
@@ -351,6 +353,8 @@ CASES: list[tuple[str, str, list[str]]] = [
         "train {pny} --data-dir {glyphs} --out {d}/" + "/".join(["p" * 200] * 25),
         ["p" * 40],
     ),
+    ("train-out-empty", "train {pny} --data-dir {glyphs} --out ''", ["--out", "empty"]),
+    ("train-out-blank", "train {pny} --data-dir {glyphs} --out ' '", ["--out", "empty"]),
     ("train-out-existing-run", "train {pny} --data-dir {glyphs} --out {pn}", ["pn", "--resume"]),
     ("train-out-nonempty", "train {pny} --data-dir {glyphs} --out {nonempty}", ["nonempty"]),
     ("train-out-runlike", "train {pny} --data-dir {glyphs} --out {runlike}", ["metrics.jsonl"]),
@@ -415,6 +419,9 @@ CASES: list[tuple[str, str, list[str]]] = [
     ("eval-dataset-sinusoid", "eval {pn} --dataset sinusoid", ["sinusoid"]),
     ("eval-sinusoid-on-images", "eval {sin} --dataset folder --data-dir {glyphs}", ["folder"]),
     ("eval-device-tpu", "eval {pn} --device tpu", ["tpu"]),
+    ("eval-device-cuda-bad-index", "eval {pn} --device cuda:abc", ["cuda:abc"]),
+    ("eval-split-shots-too-many", "eval {pn} --split val --shots 5", ["class00", "--shots"]),
+    ("eval-data-dir-is-split", "eval {pn} --data-dir {glyphs}/test", ["test/test"]),
     # --- eval: protocols
     ("eval-baseline-on-classifier", "eval {pn} --baseline {sin}", ["--baseline"]),
     ("eval-baseline-missing", "eval {sin} --baseline {missing}", ["no-such-thing"]),
@@ -443,6 +450,7 @@ CASES: list[tuple[str, str, list[str]]] = [
         ["emptydir", "is a folder"],
     ),
     ("predict-query-corrupt", "predict {pn} --support {sup} --query {corrupt}", ["corrupt.png"]),
+    ("predict-query-zero-bytes", "predict {pn} --support {sup} --query {emptypng}", ["empty.png"]),
     ("predict-query-text", "predict {pn} --support {sup} --query {textpng}", ["text.png"]),
     ("predict-query-not-image", "predict {pn} --support {sup} --query {file}", ["plain.txt"]),
     (
@@ -493,6 +501,7 @@ CASES: list[tuple[str, str, list[str]]] = [
         ["--out"],
     ),
     ("compare-out-too-long", "compare {pn} --out {d}/" + LONG + " --ways 3 --shots 1", ["--out"]),
+    ("compare-out-empty", "compare {pn} --out ''", ["--out", "empty"]),
     (
         "compare-nothing-evaluable",
         "compare {pn} --out {d}/c2 --ways 50 --shots 1 --episodes 2",
@@ -561,6 +570,7 @@ CASES: list[tuple[str, str, list[str]]] = [
     ),
     ("bench-out-read-only", "bench {sinusoid} --steps 1 --repeats 1 --out {ro}/b.json", ["--out"]),
     ("bench-out-disk-full", "bench {sinusoid} --steps 1 --repeats 1 --out /dev/full", ["--out"]),
+    ("bench-out-empty", "bench {sinusoid} --out ''", ["--out", "empty"]),
     ("bench-device-tpu", "bench {sinusoid} --device tpu", ["tpu"]),
     ("bench-data-missing", "bench {pny} --data-dir {missing} --steps 1", ["no-such-thing"]),
     # --- runs / tune / suggest (the registry; cheap cases only)

@@ -76,6 +76,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         error(str(e))
         return 2
+    except BrokenPipeError:  # `metalab runs list | head`: the reader has gone, say nothing
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except OSError as e:  # a file-system error no check foresaw: read-only, disk full, too long
         if args.debug:
             raise

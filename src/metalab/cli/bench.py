@@ -47,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
     for flag, value in (("--steps", args.steps), ("--repeats", args.repeats)):
         if value < 1:
             raise ConfigError(f"{flag} {value} is invalid: it must be at least 1")
+    if args.out is not None and not args.out.strip():
+        raise ConfigError("--out is empty; name the JSON file")
     if args.out:  # refused before the measurement, not after it
         check_output_file(args.out, "--out")
     device = resolve_device(args.device)

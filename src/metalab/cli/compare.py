@@ -34,10 +34,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from metalab.cli.flags import check_output_dir
     from metalab.engine.distributed import current_world, init_world
+    from metalab.errors import ConfigError
     from metalab.protocols.compare import check_settings, compare_runs
 
     # refused before any run is loaded or evaluated
     check_settings(args.ways, args.shots, args.queries, args.episodes, args.seed)
+    if not args.out.strip():
+        raise ConfigError("--out is empty; name the folder for compare.md, .json and .png")
     check_output_dir(args.out, "--out")
     report = compare_runs(
         [Path(r) for r in args.runs],

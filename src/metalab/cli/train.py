@@ -53,6 +53,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from metalab.config import load_config
     from metalab.engine.trainer import Trainer
+    from metalab.errors import ConfigError
     from metalab.experiments.record import TrainRecord
 
     # an absolute path, so that eval finds the data later from anywhere
@@ -72,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
     }
     overrides = [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None] + args.overrides
     cfg = load_config(args.config, overrides)
+    if args.out is not None and not args.out.strip():
+        raise ConfigError("--out is empty; name the run folder (default: runs/<config name>)")
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     trainer = Trainer(cfg, out, args.resume, progress=not args.quiet)
     if not trainer.world.is_main:  # under torchrun, rank 0 alone records and prints
