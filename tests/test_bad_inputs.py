@@ -714,3 +714,18 @@ def test_predict_warns_once_about_images_in_sub_folders(ws, tmp_path, capsys, ca
     assert len(rows) == 2 and set(rows[0]["probabilities"]) == {"class00", "class01"}
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 1 and "class01/more" in warnings[0] and "3 image(s)" in warnings[0]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_unreadable_files(ws, tmp_path, capsys, caplog):
+    config = tmp_path / "secret.yaml"
+    config.write_text(Path(ws["pny"]).read_text())
+    config.chmod(0)
+    query = tmp_path / "secret.png"
+    query.write_bytes(Path(ws["q"]).read_bytes())
+    query.chmod(0)
+    argv = ["train", str(config), "--out", str(tmp_path / "o"), "--data-dir", ws["glyphs"]]
+    assert "secret.yaml" in _one_error(argv, capsys, caplog)
+    caplog.clear()
+    argv = ["predict", ws["pn"], "--support", ws["sup"], "--query", str(query)]
+    assert "secret.png" in _one_error(argv, capsys, caplog)

@@ -33,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from metalab.cli.flags import check_output_dir
-    from metalab.engine.distributed import current_world, init_world
+    from metalab.engine.distributed import current_world, init_world, world_from_env
     from metalab.errors import ConfigError
     from metalab.protocols.compare import check_settings, compare_runs
 
@@ -41,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     check_settings(args.ways, args.shots, args.queries, args.episodes, args.seed)
     if not args.out.strip():
         raise ConfigError("--out is empty; name the folder for compare.md, .json and .png")
-    check_output_dir(args.out, "--out")
+    if world_from_env().is_main:  # rank 0 alone writes (torchrun ends the others with it)
+        check_output_dir(args.out, "--out")
     report = compare_runs(
         [Path(r) for r in args.runs],
         Path(args.data_dir) if args.data_dir else None,
