@@ -24,6 +24,15 @@ def data_dir() -> Path:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _session_registry(tmp_path_factory) -> None:
+    """Runs the tests train are recorded in a registry of this test session, never the user's
+    (unless $METALAB_REGISTRY is set by the caller)."""
+    if "METALAB_REGISTRY" not in os.environ:
+        path = tmp_path_factory.mktemp("metalab-registry") / "registry.db"
+        os.environ["METALAB_REGISTRY"] = str(path)
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _session_cache(tmp_path_factory) -> None:
     """Decoded datasets are cached once per test session (unless $METALAB_CACHE is set by the
     caller)."""
