@@ -186,7 +186,7 @@ def _workers(parent: int) -> dict[int, int]:
 
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc")
 def test_a_killed_worker_is_restarted_and_the_run_ends_as_if_never_stopped(tmp_path, glyphs):
-    """torchrun --max-restarts 1: rank 0 (the one that writes last.pt) is SIGKILLed mid-run; the
+    """torchrun --max-restarts 3: rank 0 (the one that writes last.pt) is SIGKILLed mid-run; the
     restarted group resumes from last.pt without a flag and ends with the uninterrupted weights."""
     import signal
     import time
@@ -199,7 +199,7 @@ def test_a_killed_worker_is_restarted_and_the_run_ends_as_if_never_stopped(tmp_p
         env,
     )
     run = tmp_path / "b"
-    cmd = _torchrun(2) + ["--max-restarts=1", "-m", "metalab", "train", str(cfg), "--out", str(run)]
+    cmd = _torchrun(2) + ["--max-restarts=3", "-m", "metalab", "train", str(cfg), "--out", str(run)]
     proc = subprocess.Popen(cmd + steps, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     metrics, killed = run / "metrics.jsonl", False
     deadline = time.monotonic() + 240
