@@ -271,3 +271,10 @@ def test_sigterm_exits_143_with_last_pt_saved(tmp_path):
     assert proc.returncode == 143, err[-2000:]
     assert "stopped by SIGTERM at step" in err and "continue with --resume" in err
     assert (out / "last.pt").exists()
+
+
+def test_train_with_the_registry_off(tmp_path, capsys):
+    config = Path(__file__).resolve().parents[1] / "configs/sinusoid/maml-cpu.yaml"
+    argv = ["train", str(config), "--out", str(tmp_path / "run"), "--steps", "2", "--quiet"]
+    assert main([*argv, "--registry", "off"]) == 0
+    assert "finished at step 2" in capsys.readouterr().err

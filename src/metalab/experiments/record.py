@@ -204,11 +204,12 @@ class TrainRecord:
 
     _wall0 = 0.0  # wall time of earlier sessions of a resumed run
 
-    def _safe(self, fn, *args, **kwargs) -> None:
+    def _safe(self, method: str, *args, **kwargs) -> None:
+        """Call the registry's ``method``; nothing when not recording (no registry, or 'off')."""
         if self.registry is None or self.uid is None:
             return
         try:
-            fn(*args, **kwargs)
+            getattr(self.registry, method)(*args, **kwargs)
         except Exception as e:  # noqa: BLE001
             log.warning("registry %s: could not record run %s: %s", self.registry.url, self.uid, e)
             self.registry = None
@@ -252,9 +253,9 @@ class TrainRecord:
             best = _best(points)
             if best is not None:
                 fields |= {"metric": best["name"][4:], "value": best["value"], "ci95": best["ci95"]}
-        self._safe(self.registry.set_curve, self.uid, points)
+        self._safe("set_curve", self.uid, points)
         fields["wall_s"] = self._wall0 + time.monotonic() - self._started
-        self._safe(self.registry.update, self.uid, **fields)
+        self._safe("update", self.uid, **fields)
         self._beat = time.monotonic()
         return points
 
@@ -294,18 +295,18 @@ class TrainRecord:
         ci = [p for p in self.curve() if p["value"] == result.best_val]
         if ci:
             values["ci95"] = ci[-1]["ci95"]
-        self._safe(self.registry.update, self.uid, **(values | fields))
+        self._safe("update", self.uid, **(values | fields))
         self.closed = True
 
     def point(self, step: int, name: str, value: float, ci95: float | None = None) -> None:
         """Add one validation point by hand (a trainer other than the engine's)."""
         p = {"step": step, "name": name, "value": value, "ci95": ci95}
-        self._safe(self.registry.set_curve, self.uid, [p])
+        self._safe("set_curve", self.uid, [p])
 
     def complete(self, metric: str, value: float, step: int | None = None) -> None:
         """Record a finished run by its final value (a trainer other than the engine's)."""
         self._safe(
-            self.registry.update,
+            "update",
             self.uid,
             status="finished",
             metric=metric,
@@ -322,7 +323,7 @@ class TrainRecord:
             return
         self.sync()
         self._safe(
-            self.registry.update,
+            "update",
             self.uid,
             status=status,
             error=error,
