@@ -581,38 +581,30 @@ CASES: list[tuple[str, str, list[str]]] = [
     ("tune-config-missing", "tune {missing}.yaml --trials 1", ["no-such-thing.yaml"]),
     ("tune-trials-0", "tune {pny} --trials 0 --data-dir {glyphs}", ["--trials", "0"]),
     ("suggest-config-missing", "suggest {missing}.yaml", ["no-such-thing.yaml"]),
-]
-
-
-# Known defects outside this module's fixes (algorithm options without ranges), each expected to
-# fail until fixed (strict: a fix makes it pass, and the mark must then go).
-KNOWN: list[tuple[str, str, list[str], str]] = [
+    # --- algorithm options have declared ranges too
     (
         "train-protonet-hidden-negative",
         "train {pny} --out {new} --data-dir {glyphs} --set algorithm.hidden=-3",
         ["algorithm.hidden"],
-        "algorithm options have no ranges: a RuntimeError traceback when the network is built",
     ),
     (
         "train-protonet-hidden-0",
         "train {pny} --out {new} --data-dir {glyphs} --set algorithm.hidden=0",
         ["algorithm.hidden"],
-        "algorithm options have no ranges: a RuntimeError traceback when the network is built",
     ),
     (
         "train-maml-inner-lr-negative",
         "train {mamly} --out {new} --data-dir {glyphs} --set algorithm.inner_lr=-1",
         ["algorithm.inner_lr"],
-        "algorithm options have no ranges: a negative inner learning rate trains silently",
     ),
 ]
-ALL = [pytest.param(*c[1:], id=c[0]) for c in CASES] + [
-    pytest.param(*c[1:3], id=c[0], marks=pytest.mark.xfail(strict=True, reason=c[3])) for c in KNOWN
-]
+
+
+ALL = [pytest.param(*c[1:], id=c[0]) for c in CASES]
 
 
 def test_the_table_is_large_and_unique():
-    ids = [c[0] for c in CASES + KNOWN]
+    ids = [c[0] for c in CASES]
     assert len(ids) == len(set(ids))
     assert len(ids) >= 150, len(ids)
 

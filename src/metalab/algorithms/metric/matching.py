@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from metalab.algorithms.base import MetaLearner, StepOutput, classification_step, output_shape
 from metalab.algorithms.distances import cosine_similarity, per_class
+from metalab.config import option
 from metalab.errors import ConfigError
 from metalab.models import build_backbone
 from metalab.registry import ALGORITHMS
@@ -87,10 +88,11 @@ class MatchingNet(MetaLearner):
     @dataclass
     class Config:
         backbone: str = "conv4"
-        hidden: int = 64  # filters per conv block
-        cosine_scale: float = 1.0  # attention = softmax(cosine_scale · cos); the paper: 1
+        hidden: int = option(64, ge=1)  # filters per conv block
+        # attention = softmax(cosine_scale · cos); the paper: 1
+        cosine_scale: float = option(1.0, gt=0)
         fce: bool = False  # Full Context Embeddings (the paper's appendix)
-        fce_steps: int = 5  # K, read steps of the attention LSTM (FCE only)
+        fce_steps: int = option(5, ge=1)  # K, read steps of the attention LSTM (FCE only)
 
     def __init__(
         self, options: MatchingNet.Config, input_shape: tuple[int, ...], ways: int | None = None

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from metalab.algorithms.base import MetaLearner, StepOutput, classification_step
 from metalab.algorithms.distances import prototypes, squared_euclidean
+from metalab.config import option
 from metalab.errors import ConfigError
 from metalab.models import build_backbone
 from metalab.registry import ALGORITHMS
@@ -34,9 +35,10 @@ class ProtoNet(MetaLearner):
     @dataclass
     class Config:
         backbone: str = "conv4"
-        hidden: int = 64  # filters per conv block
+        hidden: int = option(64, ge=1)  # filters per conv block
         distance: str = "euclidean"  # euclidean (paper) | cosine
-        cosine_scale: float = 10.0  # logits = cosine_scale · cos(f(x), c_k) when distance = cosine
+        # logits = cosine_scale · cos(f(x), c_k) when distance = cosine
+        cosine_scale: float = option(10.0, gt=0)
 
     def __init__(
         self, options: ProtoNet.Config, input_shape: tuple[int, ...], ways: int | None = None

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from metalab.algorithms.base import MetaLearner, StepOutput, accuracy, output_shape
 from metalab.algorithms.distances import class_sums
+from metalab.config import option
 from metalab.models import conv_block
 from metalab.registry import ALGORITHMS
 from metalab.tasks.episodes import Episode
@@ -76,7 +77,8 @@ class RelationModule(nn.Module):
 class RelationNet(MetaLearner):
     @dataclass
     class Config:
-        hidden: int = 64  # filters of every conv block (embedding and relation modules)
+        # filters of every conv block (embedding and relation modules)
+        hidden: int = option(64, ge=1)
         fc_hidden: int = (
             8  # units of the relation module's first fully connected layer (Omniglot: 8)
         )

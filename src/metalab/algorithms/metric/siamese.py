@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from metalab.algorithms.base import MetaLearner, StepOutput, output_shape
 from metalab.algorithms.distances import per_class
 from metalab.config import Config as RunConfig
+from metalab.config import option
 from metalab.data.base import ClassIndexedDataset
 from metalab.errors import ConfigError
 from metalab.models import build_backbone
@@ -118,9 +119,11 @@ class SiameseNet(MetaLearner):
         backbone: str = (
             "conv4"  # conv4 (any registered backbone) | koch (the paper's net, 105×105 images)
         )
-        hidden: int = 64  # filters per conv block of a registered backbone
-        features: int = 4096  # sigmoid units of the twin's last layer, h (the paper: 4096)
-        batch_size: int = 128  # pairs per training step, half same, half different (the paper: 128)
+        hidden: int = option(64, ge=1)  # filters per conv block of a registered backbone
+        # sigmoid units of the twin's last layer, h (the paper: 4096)
+        features: int = option(4096, ge=1)
+        # pairs per training step, half same, half different (the paper: 128)
+        batch_size: int = option(128, ge=1)
         distort: bool = False  # the paper's random affine distortions of training pairs
         shot_reduce: str = (
             "mean"  # K-shot class score: mean | max of p over the class's support images

@@ -74,7 +74,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metalab.algorithms.base import MetaLearner, StepOutput, output_shape
-from metalab.config import Config
+from metalab.config import Config, option
 from metalab.data.base import ClassIndexedDataset
 from metalab.errors import ConfigError
 from metalab.models import build_backbone
@@ -160,15 +160,16 @@ class MemoryState:
 class MANN(MetaLearner):
     @dataclass
     class Config:
-        instances: int = 10  # I: examples per class in a training sequence (paper: 10, so T = 50)
+        # I: examples per class in a training sequence (paper: 10, so T = 50)
+        instances: int = option(10, ge=1)
         memory: bool = True  # false: the paper's LSTM baseline (no external memory)
-        controller: int = 200  # LSTM units (paper: 200)
-        slots: int = 128  # memory rows (paper: 128)
-        slot_width: int = 40  # memory columns (paper: 40)
-        read_heads: int = 4  # n (paper: 4)
-        gamma: float = 0.95  # usage decay γ
+        controller: int = option(200, ge=1)  # LSTM units (paper: 200)
+        slots: int = option(128, ge=1)  # memory rows (paper: 128)
+        slot_width: int = option(40, ge=1)  # memory columns (paper: 40)
+        read_heads: int = option(4, ge=1)  # n (paper: 4)
+        gamma: float = option(0.95, ge=0, le=1)  # usage decay γ
         encoder: str = "flat"  # flat: raw pixels (paper) | conv4: Conv-4 features (fast CPU runs)
-        hidden: int = 64  # conv4 filters
+        hidden: int = option(64, ge=1)  # conv4 filters
         read_after_write: bool = (
             True  # read M_t (eqs. 2-4 as written) | false: read M_{t−1} (deviation)
         )
@@ -176,8 +177,8 @@ class MANN(MetaLearner):
             False  # true: learned β_t ≥ 1 sharpens the cosine read (the NTM's; deviation)
         )
         labels: str = "onehot"  # onehot: one unit per way | string: the paper's 5-character strings
-        label_length: int = 5  # characters per string label (paper: 5)
-        label_alphabet: int = 5  # symbols per character (paper: 5, "a"-"e")
+        label_length: int = option(5, ge=1)  # characters per string label (paper: 5)
+        label_alphabet: int = option(5, ge=2)  # symbols per character (paper: 5, "a"-"e")
 
     def __init__(self, options: MANN.Config, input_shape: tuple[int, ...], ways: int = 5) -> None:
         super().__init__(options, input_shape, ways)

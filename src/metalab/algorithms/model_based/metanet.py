@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metalab.algorithms.base import MetaLearner, StepOutput, classification_step, output_shape
+from metalab.config import option
 from metalab.models import build_backbone
 from metalab.registry import ALGORITHMS
 from metalab.tasks.episodes import Episode
@@ -75,7 +76,7 @@ class MetaNet(MetaLearner):
     @dataclass
     class Config:
         backbone: str = "conv4"  # body of both the base and the representation learner
-        hidden: int = 64  # conv filters
+        hidden: int = option(64, ge=1)  # conv filters
         head_hidden: int = 64  # units of the base learner's augmented hidden layer (and of u's)
         meta_hidden: int = 20  # hidden units of the coordinate-wise meta learners m and d
 

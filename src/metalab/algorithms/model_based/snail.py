@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metalab.algorithms.base import MetaLearner, StepOutput, classification_step, output_shape
-from metalab.config import Config, algorithm_options
+from metalab.config import Config, algorithm_options, option
 from metalab.data.base import ClassIndexedDataset
 from metalab.errors import ConfigError
 from metalab.registry import ALGORITHMS
@@ -137,8 +137,8 @@ class SNAIL(MetaLearner):
 
     @dataclass
     class Config:
-        hidden: int = 64  # embedding conv filters (paper: 64)
-        features: int = 64  # embedding size (paper: 64)
+        hidden: int = option(64, ge=1)  # embedding conv filters (paper: 64)
+        features: int = option(64, ge=1)  # embedding size (paper: 64)
         tc_filters: int = 128  # D of both TC blocks (paper: 128)
         attention: list[list[int]] | None = (
             None  # (key, value) sizes of the 3 attention blocks; None: paper's

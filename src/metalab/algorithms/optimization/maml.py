@@ -64,6 +64,7 @@ from torch import Tensor, nn
 from metalab import functional as fn
 from metalab.algorithms.base import MetaLearner, StepOutput, accuracy
 from metalab.algorithms.optimization.network import build_network
+from metalab.config import option
 from metalab.errors import ConfigError
 from metalab.registry import ALGORITHMS
 from metalab.tasks.episodes import Episode
@@ -79,10 +80,12 @@ class MAML(MetaLearner):
     @dataclass
     class Config:
         backbone: str = "conv4"  # Conv-4, as in the paper (built with track_running_stats=False)
-        hidden: int = 64  # filters per conv block (paper: 64 for Omniglot)
-        inner_lr: float = 0.4  # α (paper: 0.4 for 5-way Omniglot, 0.1 for 20-way)
-        inner_steps: int = 1  # inner SGD steps in meta-training (paper: 1 for 5-way, 5 for 20-way)
-        eval_inner_steps: int = 3  # inner steps at test time (paper: 3 for 5-way, 5 for 20-way)
+        hidden: int = option(64, ge=1)  # filters per conv block (paper: 64 for Omniglot)
+        inner_lr: float = option(0.4, gt=0)  # α (paper: 0.4 for 5-way Omniglot, 0.1 for 20-way)
+        # inner SGD steps in meta-training (paper: 1 for 5-way, 5 for 20-way)
+        inner_steps: int = option(1, ge=0)
+        # inner steps at test time (paper: 3 for 5-way, 5 for 20-way)
+        eval_inner_steps: int = option(3, ge=0)
         first_order: bool = False  # first-order MAML: no second derivatives through the inner loop
         learn_inner_lr: bool = (
             False  # Meta-SGD: a learnable α per parameter entry, initialised to inner_lr
@@ -245,7 +248,8 @@ class MetaSGD(MAML):
     @dataclass
     class Config(MAML.Config):
         learn_inner_lr: bool = True  # α is a learnable tensor per parameter, meta-learned with θ
-        eval_inner_steps: int = 1  # Meta-SGD adapts in one step, in training and at test time
+        # Meta-SGD adapts in one step, in training and at test time
+        eval_inner_steps: int = option(1, ge=0)
 
 
 @ALGORITHMS.register("anil")
@@ -268,4 +272,5 @@ class Pretrain(MAML):
 
     @dataclass
     class Config(MAML.Config):
-        inner_steps: int = 0  # ordinary training of θ on the query points of many tasks
+        # ordinary training of θ on the query points of many tasks
+        inner_steps: int = option(0, ge=0)

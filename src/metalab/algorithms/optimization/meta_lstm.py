@@ -80,6 +80,7 @@ from torch import Tensor, nn
 
 from metalab.algorithms.base import MetaLearner, StepOutput, classification_step
 from metalab.algorithms.optimization.network import build_network
+from metalab.config import option
 from metalab.errors import ConfigError
 from metalab.registry import ALGORITHMS
 from metalab.tasks.episodes import Episode
@@ -134,7 +135,7 @@ class MetaLSTM(MetaLearner):
     @dataclass
     class Config:
         backbone: str = "conv4"  # the learner's body (built with track_running_stats=False)
-        hidden: int = 32  # learner filters per conv block (paper: 32)
+        hidden: int = option(32, ge=1)  # learner filters per conv block (paper: 32)
         inner_steps: int = (
             12  # T learner updates on the support set, in training and test (paper 1-shot: 12)
         )

@@ -45,6 +45,7 @@ from torch import Tensor
 from metalab import functional as fn
 from metalab.algorithms.base import MetaLearner, StepOutput, accuracy
 from metalab.algorithms.optimization.network import build_network
+from metalab.config import option
 from metalab.errors import ConfigError
 from metalab.registry import ALGORITHMS
 from metalab.tasks.episodes import Episode
@@ -63,17 +64,17 @@ class Reptile(MetaLearner):
     @dataclass
     class Config:
         backbone: str = "conv4"  # Conv-4 with BatchNorm on batch statistics, as MAML
-        hidden: int = 64  # filters per conv block (paper: 64)
+        hidden: int = option(64, ge=1)  # filters per conv block (paper: 64)
         inner_optimizer: str = "adam"  # adam (paper, β1 = 0) | sgd
-        inner_lr: float = 0.001  # paper: Adam 1e-3
-        inner_steps: int = 5  # paper: 5 inner iterations in training
+        inner_lr: float = option(0.001, gt=0)  # paper: Adam 1e-3
+        inner_steps: int = option(5, ge=0)  # paper: 5 inner iterations in training
         inner_batch: int = (
             10  # support examples per inner step (paper: 10); 0 = the whole support set
         )
-        eval_inner_steps: int = 50  # paper: 50 at test
-        eval_inner_batch: int = 5  # paper: 5 at test
-        adam_beta1: float = 0.0  # paper: 0
-        adam_beta2: float = 0.999
+        eval_inner_steps: int = option(50, ge=0)  # paper: 50 at test
+        eval_inner_batch: int = option(5, ge=1)  # paper: 5 at test
+        adam_beta1: float = option(0.0, ge=0, lt=1)  # paper: 0
+        adam_beta2: float = option(0.999, ge=0, lt=1)
         transductive: bool = (
             True  # score the query set as one batch (paper's better-scoring variant)
         )

@@ -56,7 +56,7 @@ from torch import Tensor, nn
 
 from metalab.algorithms.base import MetaLearner, StepOutput, output_shape
 from metalab.algorithms.heads import head_logits, logistic_regression, nearest_centroid_logits
-from metalab.config import Config
+from metalab.config import Config, option
 from metalab.data.base import ClassIndexedDataset
 from metalab.errors import ConfigError
 from metalab.models import build_backbone
@@ -160,14 +160,14 @@ class SimCLR(MetaLearner):
     @dataclass
     class Config:
         backbone: str = "conv4"
-        hidden: int = 64  # filters per conv block
-        projection: int = 128  # output of the projection head g (SimCLR: 128)
-        temperature: float = 0.5  # τ (SimCLR's CIFAR-10 setting)
-        batch_size: int = 256  # images per step (2× views)
+        hidden: int = option(64, ge=1)  # filters per conv block
+        projection: int = option(128, ge=1)  # output of the projection head g (SimCLR: 128)
+        temperature: float = option(0.5, gt=0)  # τ (SimCLR's CIFAR-10 setting)
+        batch_size: int = option(256, ge=1)  # images per step (2× views)
         same_view_negatives: bool = True  # NT-Xent as SimCLR; false: the episodic form (Ni et al.)
         classifier: str = "centroid"  # test time: centroid | logistic (Tian et al. 2020)
-        logistic_c: float = 1.0
-        logistic_steps: int = 100
+        logistic_c: float = option(1.0, gt=0)
+        logistic_steps: int = option(100, ge=1)
 
     def __init__(
         self, options: SimCLR.Config, input_shape: tuple[int, ...], ways: int | None = None
@@ -280,4 +280,4 @@ class SupCon(SimCLR):
 
     @dataclass
     class Config(SimCLR.Config):
-        temperature: float = 0.1  # Khosla et al.'s default
+        temperature: float = option(0.1, gt=0)  # Khosla et al.'s default

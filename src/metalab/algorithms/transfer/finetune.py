@@ -60,7 +60,7 @@ from torch import Tensor, nn
 from metalab import functional as fn
 from metalab.algorithms.base import MetaLearner, StepOutput, accuracy, output_shape
 from metalab.algorithms.heads import head_logits, logistic_regression, nearest_centroid_logits
-from metalab.config import Config, algorithm_options
+from metalab.config import Config, algorithm_options, option
 from metalab.data.base import ClassIndexedDataset
 from metalab.errors import ConfigError, MetalabError
 from metalab.models import build_backbone
@@ -125,29 +125,31 @@ class Baseline(MetaLearner):
     @dataclass
     class Config:
         backbone: str = "conv4"  # Chen et al.: Conv-4 (1 input channel, 28×28) on Omniglot
-        hidden: int = 64  # filters per conv block
+        hidden: int = option(64, ge=1)  # filters per conv block
         # C, outputs of the pre-training head; None: the training split's classes (from_config)
-        classes: int | None = None
+        classes: int | None = option(None, ge=2)
         # linear (Baseline) | cosine (Baseline++): the pre-training and the fine-tuned head
         head: str = "linear"
         cosine_scale: float | None = (
             None  # s of the cosine head; None: the authors' 2 (≤ 200 classes) or 10
         )
-        batch_size: int = 16  # pre-training mini-batch (authors' code: 16)
+        batch_size: int = option(16, ge=1)  # pre-training mini-batch (authors' code: 16)
         classifier: str = (
             "finetune"  # test time: finetune (a new head) | logistic | centroid (Tian et al. 2020)
         )
         finetune_backbone: bool = (
             False  # finetune: also adapt the backbone (default: frozen, as in the paper)
         )
-        finetune_epochs: int = 100  # passes over the support set (authors' code)
-        finetune_batch: int = 4  # support examples per fine-tuning step
-        finetune_lr: float = 0.01
-        finetune_momentum: float = 0.9
-        finetune_dampening: float = 0.9  # authors' code
-        finetune_weight_decay: float = 1e-3
-        logistic_c: float = 1.0  # inverse L2 strength (scikit-learn's default, used by Tian et al.)
-        logistic_steps: int = 100  # L-BFGS iterations (scikit-learn's default max_iter)
+        finetune_epochs: int = option(100, ge=1)  # passes over the support set (authors' code)
+        finetune_batch: int = option(4, ge=1)  # support examples per fine-tuning step
+        finetune_lr: float = option(0.01, gt=0)
+        finetune_momentum: float = option(0.9, ge=0, lt=1)
+        finetune_dampening: float = option(0.9, ge=0, le=1)  # authors' code
+        finetune_weight_decay: float = option(1e-3, ge=0)
+        # inverse L2 strength (scikit-learn's default, used by Tian et al.)
+        logistic_c: float = option(1.0, gt=0)
+        # L-BFGS iterations (scikit-learn's default max_iter)
+        logistic_steps: int = option(100, ge=1)
 
     def __init__(
         self,
