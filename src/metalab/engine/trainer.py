@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import logging
 import math
 import signal
 import sys
@@ -253,6 +254,13 @@ class Trainer:
             val = load_split(cfg.data, cfg.data.val_split).to(self.device)
             self.val_set = fixed_episodes(
                 val, e.ways, e.shots, e.queries, t.val_episodes, e.seed, cfg.data.within_group
+            )
+        elif t.val_every > 0 and cfg.data.val_split and self.world.is_main:
+            logging.getLogger("metalab").warning(
+                "data.val_split '%s' is not a split of this dataset (it has: %s): training without "
+                "validation, so no best.pt; set data.val_split: null to say so",
+                cfg.data.val_split,
+                ", ".join(splits),
             )
         self.optimizer = make_optimizer(self.learner.parameters(), t)
         self.schedule = make_schedule(self.optimizer, t)
