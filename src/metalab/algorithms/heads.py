@@ -59,3 +59,17 @@ def logistic_regression(
     with torch.enable_grad():
         solver.step(objective)
     return {"weight": w.detach().to(z.dtype), "bias": b.detach().to(z.dtype)}
+
+
+def logistic_regression_logits(
+    support: Tensor, labels: Tensor, ways: int, query: Tensor, c: float = 1.0, steps: int = 100
+) -> Tensor:
+    """Tian et al. 2020's logistic regression on L2-normalised embeddings, one per task:
+    (B, S, D), (B, S), (B, M, D) → (B, M, N)."""
+    support, query = F.normalize(support, dim=-1), F.normalize(query, dim=-1)
+    return torch.stack(
+        [
+            head_logits("linear", logistic_regression(z, y, ways, c, steps), q, 1.0)
+            for z, y, q in zip(support, labels, query)
+        ]
+    )

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from metalab.cli.flags import command_line, writing
+from metalab.cli.flags import add_set_flag, command_line, writing
 from metalab.errors import ConfigError
 
 
@@ -21,13 +21,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--data-dir", help="folder holding the configs' dataset")
     p.add_argument("--steps", type=int, default=5, help="training steps per timed run (configs)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key of every CONFIG, e.g. --set train.meta_batch=32",
+    add_set_flag(
+        p,
+        "override a config key of every CONFIG, e.g. --set train.meta_batch=32",
     )
     p.add_argument("--device", default="auto")
     p.add_argument("--repeats", type=int, default=3, help="timed steps per setting (best is kept)")

@@ -22,6 +22,13 @@ def add_task_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queries", type=int, help="Q query examples per class")
 
 
+def add_set_flag(p: argparse.ArgumentParser, help: str) -> None:
+    """--set KEY=VALUE (repeatable): override any config key, into ``args.overrides``."""
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help
+    )
+
+
 def add_dataset_flag(p: argparse.ArgumentParser) -> None:
     """--dataset: evaluate on another dataset than the run's own (cross-domain)."""
     p.add_argument(

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from metalab.cli.flags import add_task_flags, command_line
+from metalab.cli.flags import add_set_flag, add_task_flags, command_line
 from metalab.experiments.record import add_registry_flag
 
 
@@ -36,14 +36,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--download", action="store_true", help="fetch missing official dataset files first"
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override any config key, e.g. --set train.lr_step=500 --set "
-        "algorithm.distance=cosine",
+    add_set_flag(
+        p,
+        "override any config key, e.g. --set train.lr_step=500 --set algorithm.distance=cosine",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_registry_flag(p)

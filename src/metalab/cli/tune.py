@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+from metalab.cli.flags import add_set_flag
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from metalab.experiments.record import add_registry_flag
@@ -43,13 +45,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--show-space", action="store_true", help="print the search space as YAML and stop"
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key for every trial",
+    add_set_flag(
+        p,
+        "override a config key for every trial",
     )
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     add_registry_flag(p)

@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metalab.algorithms.base import MetaLearner, StepOutput, output_shape
-from metalab.algorithms.heads import head_logits, logistic_regression, nearest_centroid_logits
+from metalab.algorithms.heads import logistic_regression_logits, nearest_centroid_logits
 from metalab.config import Config, option
 from metalab.data.base import ClassIndexedDataset
 from metalab.errors import ConfigError
@@ -254,21 +254,8 @@ class SimCLR(MetaLearner):
         support, query = z[:, :s], z[:, s:]
         if o.classifier == "centroid":
             return nearest_centroid_logits(support, episode.support_y, n, query)
-        heads = [
-            logistic_regression(
-                F.normalize(support[i], dim=-1),
-                episode.support_y[i],
-                n,
-                o.logistic_c,
-                o.logistic_steps,
-            )
-            for i in range(episode.tasks)
-        ]
-        return torch.stack(
-            [
-                head_logits("linear", h, F.normalize(query[i], dim=-1), 1.0)
-                for i, h in enumerate(heads)
-            ]
+        return logistic_regression_logits(
+            support, episode.support_y, n, query, o.logistic_c, o.logistic_steps
         )
 
 

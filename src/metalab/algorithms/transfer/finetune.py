@@ -59,7 +59,11 @@ from torch import Tensor, nn
 
 from metalab import functional as fn
 from metalab.algorithms.base import MetaLearner, StepOutput, accuracy, output_shape
-from metalab.algorithms.heads import head_logits, logistic_regression, nearest_centroid_logits
+from metalab.algorithms.heads import (
+    head_logits,
+    logistic_regression_logits,
+    nearest_centroid_logits,
+)
 from metalab.config import Config, algorithm_options, option
 from metalab.data.base import ClassIndexedDataset
 from metalab.errors import ConfigError, MetalabError
@@ -259,21 +263,8 @@ class Baseline(MetaLearner):
         if o.classifier == "centroid":
             return nearest_centroid_logits(support, episode.support_y, n, query)
         if o.classifier == "logistic":
-            heads = [
-                logistic_regression(
-                    F.normalize(support[i], dim=-1),
-                    episode.support_y[i],
-                    n,
-                    o.logistic_c,
-                    o.logistic_steps,
-                )
-                for i in range(episode.tasks)
-            ]
-            return torch.stack(
-                [
-                    head_logits("linear", h, F.normalize(query[i], dim=-1), 1.0)
-                    for i, h in enumerate(heads)
-                ]
+            return logistic_regression_logits(
+                support, episode.support_y, n, query, o.logistic_c, o.logistic_steps
             )
         params = self.finetune_heads(support, episode.support_y, n, self._generators(episode))
         return head_logits(o.head, params, query, self.scale(n))
