@@ -78,6 +78,18 @@ def to_float(images: Tensor) -> Tensor:
     return images.float()
 
 
+def check_episode_shape(ways: int, shots: int, queries: int, meta_batch: int = 1) -> None:
+    """One line naming the flag when a task shape is impossible (N, K, B ≥ 1; Q ≥ 0)."""
+    for flag, value, low in (
+        ("--ways", ways, 1),
+        ("--shots", shots, 1),
+        ("--queries", queries, 0),
+        ("--meta-batch", meta_batch, 1),
+    ):
+        if value < low:
+            raise DataError(f"{flag} {value} is invalid: it must be at least {low}")
+
+
 class EpisodeSampler:
     """Draws batches of N-way K-shot Q-query tasks: no class twice in a task, no image twice in a
     task.
@@ -98,14 +110,7 @@ class EpisodeSampler:
         meta_batch: int = 1,
         within_group: bool = False,
     ) -> None:
-        for flag, value, low in (
-            ("--ways", ways, 1),
-            ("--shots", shots, 1),
-            ("--queries", queries, 0),
-            ("--meta-batch", meta_batch, 1),
-        ):
-            if value < low:
-                raise DataError(f"{flag} {value} is invalid: it must be at least {low}")
+        check_episode_shape(ways, shots, queries, meta_batch)
         if ways > dataset.num_classes:
             raise DataError(
                 f"--ways {ways} but {dataset.name} has only {dataset.num_classes} classes; "

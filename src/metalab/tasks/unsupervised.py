@@ -42,20 +42,9 @@ from torch import Tensor
 from metalab.data.base import ClassIndexedDataset
 from metalab.errors import DataError
 from metalab.tasks.augment import Augment, AugmentConfig, augment_config
-from metalab.tasks.episodes import Episode, EpisodeSampler, to_float
+from metalab.tasks.episodes import Episode, EpisodeSampler, check_episode_shape, to_float
 
 LABELS = ("given", "none")
-
-
-def _check_shape(ways: int, shots: int, queries: int, meta_batch: int) -> None:
-    for flag, value, low in (
-        ("--ways", ways, 1),
-        ("--shots", shots, 1),
-        ("--queries", queries, 0),
-        ("--meta-batch", meta_batch, 1),
-    ):
-        if value < low:
-            raise DataError(f"{flag} {value} is invalid: it must be at least {low}")
 
 
 def distinct_rows(total: int, b: int, n: int, generator: torch.Generator) -> Tensor:
@@ -156,7 +145,7 @@ class UnsupervisedEpisodes:
     def __init__(
         self, source: UnlabeledImages, ways: int, shots: int, queries: int, meta_batch: int = 1
     ) -> None:
-        _check_shape(ways, shots, queries, meta_batch)
+        check_episode_shape(ways, shots, queries, meta_batch)
         if ways > len(source):
             raise DataError(
                 f"--ways {ways} but {source.name} holds only {len(source)} images; use at most "
