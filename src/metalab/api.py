@@ -6,6 +6,7 @@
     metalab.train(cfg, "runs/pn", data_dir="../shared/data")
     report = metalab.evaluate("runs/pn", ways=5, shots=1)          # mean accuracy ± 95% CI
     rows = metalab.predict("runs/pn", {"alpha": ["a1.png"], "beta": ["b1.png"]}, ["q.png"])
+    rows = metalab.predict("runs/pn-b77", "intents.csv", ["what's my balance"])  # a text run
 
 Every function takes a run directory (or checkpoint file) where the command line does, raises a
 :class:`~metalab.errors.MetalabError` with a one-line message on bad input, and works unchanged
@@ -141,42 +142,35 @@ def compare(
 def predict(
     run: PathLike,
     support: PathLike | Mapping[str, Sequence[PathLike]],
-    queries: Sequence[PathLike],
+    queries: Sequence[PathLike] | str,
     *,
     device: str = "auto",
     checkpoint: str = "best",
 ) -> list[dict[str, Any]]:
-    """Adapt a trained learner to your own few examples and classify query images.
+    """Adapt a trained learner to your own few examples and classify queries: images for a run
+    trained on images, sentences for a run trained on text (embedded by the run's encoder).
 
     Args:
-        run: a run folder or checkpoint trained on images.
-        support: a folder of class folders (``DIR/<class>/<images>``) or ``{class: [image files]}``;
-            any number of examples per class, at least two classes.
-        queries: image files to classify.
+        run: a run folder or checkpoint.
+        support: images: a folder of class folders (``DIR/<class>/<images>``) or
+            ``{class: [image files]}``; text: a ``label,text`` CSV or JSONL file or
+            ``{class: [sentences]}``. Any number of examples per class (at least one), at least
+            two classes.
+        queries: image files, or sentences (a single string is one query).
 
     Returns:
         One dict per query: ``query``, ``class``, ``probability`` and ``probabilities`` (by class).
     """
-    from metalab.data.base import Preprocess
-    from metalab.data.folder import load_image_folder
-    from metalab.data.imaging import load_images
     from metalab.tasks.episodes import Episode, to_float
 
     learner, cfg, state = load_learner(run, device=device, checkpoint=checkpoint)
-    if state.get("preprocess") is None:
-        raise ConfigError(
-            f"{state['path']} was trained on '{cfg.data.dataset}', which has no images; predict "
-            f"classifies images with a run trained on an image dataset"
-        )
-    pre = Preprocess(**state["preprocess"])
-    if isinstance(support, Mapping):
-        names = list(support)
-        images = [load_images([Path(p) for p in support[c]], pre) for c in names]
-        counts = torch.tensor([len(x) for x in images])
-        support_x = torch.cat(images) if images else torch.empty(0)
+    if isinstance(queries, (str, Path)):
+        queries = [queries]
+    queries = list(queries)
+    if _is_text_run(cfg):
+        names, counts, support_x, query_x = _text_inputs(learner, cfg, state, support, queries)
     else:
-        folder = load_image_folder(Path(support), pre, name=f"support folder {support}")
-        names, counts, support_x = folder.class_names, folder.counts, folder.images
+        names, counts, support_x, query_x = _image_inputs(cfg, state, support, queries)
     if len(names) < 2:
         raise ConfigError(
             f"the support set has {len(names)} class(es): a prediction needs at least 2 to choose "
@@ -189,7 +183,6 @@ def predict(
             f"{learner.ways}: give it exactly {learner.ways} classes"
         )
     labels = torch.repeat_interleave(torch.arange(len(names)), counts)
-    query_x = load_images([Path(q) for q in queries], pre)
     episode = Episode(
         to_float(support_x)[None],
         labels[None],
@@ -208,3 +201,56 @@ def predict(
         }
         for q, p in zip(queries, probs)
     ]
+
+
+def _is_text_run(cfg: Config) -> bool:
+    from metalab.tasks.text_sources import TEXT_DATASETS
+
+    return cfg.data.dataset in TEXT_DATASETS
+
+
+def _image_inputs(cfg: Config, state: dict, support, queries: list) -> tuple:
+    """Class names, examples per class, support images and query images of an image run."""
+    from metalab.data.base import Preprocess
+    from metalab.data.folder import load_image_folder
+    from metalab.data.imaging import load_images
+    from metalab.data.text import TEXT_SUFFIXES
+
+    if state.get("preprocess") is None:
+        raise ConfigError(
+            f"{state['path']} was trained on '{cfg.data.dataset}', which has no images; predict "
+            f"classifies images with a run trained on an image dataset, sentences with one "
+            f"trained on text"
+        )
+    if not isinstance(support, Mapping) and Path(support).suffix.lower() in TEXT_SUFFIXES:
+        raise ConfigError(
+            f"--support {support} is a label,text file, but {state['path']} was trained on images "
+            f"('{cfg.data.dataset}'): give a folder of class folders (SUPPORT/<class>/<images>)"
+        )
+    if not queries:
+        raise ConfigError("no query images given: pass at least one image file")
+    pre = Preprocess(**state["preprocess"])
+    if isinstance(support, Mapping):
+        names = list(support)
+        images = [load_images([Path(p) for p in support[c]], pre) for c in names]
+        counts = torch.tensor([len(x) for x in images])
+        support_x = torch.cat(images) if images else torch.empty(0)
+    else:
+        folder = load_image_folder(Path(support), pre, name=f"support folder {support}")
+        names, counts, support_x = folder.class_names, folder.counts, folder.images
+    return names, counts, support_x, load_images([Path(q) for q in queries], pre)
+
+
+def _text_inputs(learner, cfg: Config, state: dict, support, queries: list) -> tuple:
+    """Class names, sentences per class, and the support and query sentences embedded by the
+    run's encoder (``data.encoder``)."""
+    from metalab.data.text.support import embed_sentences, query_sentences, support_sentences
+
+    run = f"{state['path']} ('{cfg.data.dataset}')"
+    names, texts = support_sentences(support, run)
+    sentences = query_sentences(queries, run)
+    flat = [t for class_texts in texts for t in class_texts]
+    device = str(next(learner.parameters()).device)
+    vectors = embed_sentences(flat + sentences, cfg.data.encoder, device)
+    counts = torch.tensor([len(t) for t in texts])
+    return names, counts, vectors[: len(flat)], vectors[len(flat) :]

@@ -1,4 +1,5 @@
-"""``metalab predict RUN``: adapt a trained learner to your own examples and classify queries."""
+"""``metalab predict RUN``: adapt a trained learner to your own examples and classify queries
+(images, or sentences for a run trained on text)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run", help="run directory or checkpoint file")
     p.add_argument(
-        "--support", required=True, help="folder of class folders: SUPPORT/<class>/<images>"
+        "--support",
+        required=True,
+        help="image run: a folder of class folders, SUPPORT/<class>/<images>; text run: a CSV "
+        "file with header label,text or a JSONL file of {label, text}",
     )
-    p.add_argument("--query", required=True, nargs="+", help="image files to classify")
+    p.add_argument(
+        "--query",
+        required=True,
+        nargs="+",
+        help="image files to classify; for a text run, sentences (quote each one)",
+    )
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true")
