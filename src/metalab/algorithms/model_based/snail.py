@@ -25,6 +25,12 @@ offsets);
 training episodes have the support in a random order per task, evaluation one fixed interleaving
 (:func:`metalab.tasks.sequences.support_order`); train and test ways must be equal (one output per
 label).
+
+Vector form (inputs of shape ``(dim,)``, e.g. frozen sentence embeddings; chosen by the input
+shape): not in the paper. The sequence is the same, of embedding vectors; the conv embedding is
+replaced by an MLP ``dim → hidden → hidden → features`` (:func:`vector_embedding`), each conv block
+becoming {Linear, BatchNorm, leaky ReLU 0.01} (no pooling), and everything after the embedding is
+unchanged.
 """
 
 from __future__ import annotations
@@ -63,6 +69,16 @@ def embedding(
     convs = nn.Sequential(*layers, nn.Flatten())
     (flat,) = output_shape(convs, input_shape, "SNAIL's embedding")
     return nn.Sequential(convs, nn.Linear(flat, features))
+
+
+def vector_embedding(dim: int, hidden: int, features: int) -> nn.Sequential:
+    """The vector form's embedding: 2 × {Linear, BatchNorm, leaky ReLU 0.01}, then Linear.
+    (n, dim) → (n, features)."""
+    layers: list[nn.Module] = []
+    for i in range(2):
+        layers += [nn.Linear(dim if i == 0 else hidden, hidden), nn.BatchNorm1d(hidden)]
+        layers.append(nn.LeakyReLU(0.01))
+    return nn.Sequential(*layers, nn.Linear(hidden, features))
 
 
 class DenseBlock(nn.Module):
@@ -137,7 +153,7 @@ class SNAIL(MetaLearner):
 
     @dataclass
     class Config:
-        hidden: int = option(64, ge=1)  # embedding conv filters (paper: 64)
+        hidden: int = option(64, ge=1)  # embedding conv filters (paper: 64); vectors: MLP units
         features: int = option(64, ge=1)  # embedding size (paper: 64)
         tc_filters: int = 128  # D of both TC blocks (paper: 128)
         attention: list[list[int]] | None = (
@@ -155,7 +171,15 @@ class SNAIL(MetaLearner):
                 f"size pairs, e.g. [[64, 32], [256, 128], [512, 256]]"
             )
         self.shots = shots
-        self.embed = embedding(input_shape[0], options.hidden, options.features, input_shape)
+        if len(input_shape) == 1:  # vectors (dim,): the MLP form (module docstring)
+            self.embed = vector_embedding(input_shape[0], options.hidden, options.features)
+        elif len(input_shape) == 3:
+            self.embed = embedding(input_shape[0], options.hidden, options.features, input_shape)
+        else:
+            raise ConfigError(
+                f"snail takes images (C, H, W) or vectors (dim,), not inputs of shape "
+                f"{tuple(input_shape)}"
+            )
         length = ways * shots + 1  # T
         c, layers = options.features + ways, []
         for i, (key, value) in enumerate(sizes):
