@@ -290,3 +290,24 @@ def test_simclr_reads_no_labels_even_from_a_labelled_split(monkeypatch, tmp_path
         weights.append(torch.load(tmp_path / name / "last.pt", weights_only=True)["model"])
     for other in weights[1:]:
         assert all(torch.equal(weights[0][k], other[k]) for k in weights[0])
+
+
+def test_unlabeled_runs_are_recorded_with_their_descriptor_and_metafeatures(monkeypatch, tmp_path):
+    """A run on unlabeled data lands in the registry (it used to be refused: the descriptor asked
+    the source for its classes), described without classes; meta-features need no labels."""
+    from metalab.experiments.metafeatures import metafeatures
+    from metalab.experiments.record import TrainRecord
+    from metalab.experiments.registry import open_registry
+
+    data = synthetic()
+    use_dataset(monkeypatch, data, synthetic(seed=9))
+    cfg, run = run_config(steps=2), tmp_path / "run"
+    with TrainRecord.start(cfg, run) as rec:  # as `metalab train` records a run
+        rec.finish(train(cfg, run, progress=False))
+    (record,) = open_registry().query(run_dir=str(run.resolve()))
+    assert record["status"] == "finished"
+    desc = record["dataset_desc"]
+    assert desc["labels"] == "none" and desc["examples"] == len(data.images)
+    feats = metafeatures(UnlabeledImages(data))
+    assert feats["log_examples"] == pytest.approx(float(torch.tensor(150.0).log()), abs=1e-6)
+    assert {"raw_std", "rf_sparsity"} <= set(feats) and "raw_separability" not in feats

@@ -10,6 +10,8 @@ Classification sources (images or embeddings, :class:`ClassIndexedDataset`):
       distance to the own class's centroid over mean distance between centroids);
     - landmarkers: nearest-centroid 5-way 1-shot (and 5-shot, where classes have 10 examples)
       accuracy on 100 fixed episodes, on raw inputs and on the random features.
+Unlabeled sources (``data.labels: none``): the size and the statistics above that need no class
+(mean, spread, sparsity, raw and under the random features) of a fixed draw of 1000 examples.
 Regression sources (sinusoid): the spread of targets within and across tasks and landmarkers on 100
 fixed 5-shot tasks: the MSE of predicting the support mean, of 1-nearest-neighbour, and of ridge
 regression on fixed random Fourier features of the inputs (log scale).
@@ -57,7 +59,12 @@ def metafeatures(source: Any) -> dict[str, float]:
     from metalab.tasks.episodes import is_regression
 
     with torch.no_grad():
-        feats = _regression(source) if is_regression(source) else _classification(source)
+        if is_regression(source):
+            feats = _regression(source)
+        elif not getattr(source, "labelled", True):
+            feats = _unlabeled(source)
+        else:
+            feats = _classification(source)
     return {k: round(float(v), 6) for k, v in feats.items()}
 
 
@@ -104,19 +111,13 @@ def _classification(source) -> dict[str, float]:
     pick = torch.cat([offsets[c] + torch.arange(int(m)) for c, m in zip(classes, take)])
     labels = torch.repeat_interleave(classes, take)
     x = to_float(source.images[pick.to(source.images.device)].cpu()).flatten(1)
-    r = _random_features(x)
     feats = {
         "log_classes": math.log(source.num_classes),
         "log_examples_per_class": math.log(float(counts.float().mean())),
         "log_input_size": math.log(x.shape[1]),
-        "raw_mean": x.mean(),
-        "raw_std": x.std(),
-        "raw_sparsity": (x == 0).float().mean(),
+        **_statistics(x),
         "raw_separability": _separability(x, labels),
-        "rf_mean": r.mean(),
-        "rf_std": r.std(),
-        "rf_sparsity": (r == 0).float().mean(),
-        "rf_separability": _separability(r, labels),
+        "rf_separability": _separability(_random_features(x), labels),
     }
     identity = lambda v: v  # noqa: E731
     for shots in (1, 5):
@@ -127,6 +128,30 @@ def _classification(source) -> dict[str, float]:
         feats[f"nc_raw_5w{shots}s"] = _nearest_centroid(episodes, identity)
         feats[f"nc_rf_5w{shots}s"] = _nearest_centroid(episodes, _random_features)
     return feats
+
+
+def _statistics(x: torch.Tensor) -> dict[str, Any]:
+    """Mean, spread and sparsity of flat examples, raw and under the random features."""
+    r = _random_features(x)
+    return {
+        "raw_mean": x.mean(),
+        "raw_std": x.std(),
+        "raw_sparsity": (x == 0).float().mean(),
+        "rf_mean": r.mean(),
+        "rf_std": r.std(),
+        "rf_sparsity": (r == 0).float().mean(),
+    }
+
+
+def _unlabeled(source) -> dict[str, float]:
+    from metalab.tasks.episodes import to_float
+
+    g = torch.Generator().manual_seed(FEATURE_SEED)
+    pick = torch.randperm(len(source), generator=g)[: SAMPLE_CLASSES * SAMPLE_PER_CLASS]
+    x = to_float(source.images[pick.to(source.images.device)].cpu()).flatten(1)
+    return {"log_examples": math.log(len(source)), "log_input_size": math.log(x.shape[1])} | (
+        _statistics(x)
+    )
 
 
 def _regression(source) -> dict[str, float]:

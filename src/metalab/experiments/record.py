@@ -79,6 +79,8 @@ def describe_source(source: Any, dataset: str | None = None) -> dict[str, Any]:
             if hasattr(source, key):
                 desc[key] = list(getattr(source, key))
         return desc
+    if not getattr(source, "labelled", True):  # UMTRA / contrastive training: no class table
+        return desc | {"modality": "image", "labels": "none", "examples": len(source)}
     counts = source.counts.cpu()
     desc |= {
         "modality": "image" if source.images.dtype.is_floating_point is False else "vector",

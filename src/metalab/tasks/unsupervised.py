@@ -71,6 +71,7 @@ class UnlabeledImages:
     """
 
     regression = False
+    labelled = False  # records and meta-features describe it without classes
 
     def __init__(
         self,
