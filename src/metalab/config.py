@@ -143,6 +143,26 @@ class Checked:
 
 
 @dataclass
+class ClustersConfig(Checked):
+    """``data.clusters``: CACTUs pseudo-labels for ``data.labels: clusters``
+    (:mod:`metalab.tasks.clusters`)."""
+
+    section: ClassVar[str] = "data.clusters"
+    # a trained metalab run (directory or .pt file) whose learner embeds images (simclr, protonet,
+    # matching, relation, baseline, ...); its frozen backbone embeds the training split (required)
+    embedding: str | None = None
+    checkpoint: str = option("best", choices=("best", "last"))  # best.pt (else last.pt) or last.pt
+    k: int = option(500, ge=2, le=10**6)  # clusters per partition (CACTUs, Omniglot: 500)
+    # partitions (k-means runs); each one after the first on randomly scaled embedding dimensions
+    partitions: int = option(1, ge=1, le=1000)
+    seed: int = option(0, ge=0, le=MAX_SEED)  # k-means++ seeding and the dimension scalings
+    iterations: int = option(100, ge=1, le=100_000)  # at most so many Lloyd iterations
+    # clusters with fewer images are dropped (None: none dropped from partitions: 1; partitions > 1
+    # keep, per task, the clusters with at least --shots + --queries images)
+    min_size: int | None = option(None, ge=1, le=10**6)
+
+
+@dataclass
 class DataConfig(Checked):
     section: ClassVar[str] = "data"
     dataset: str = "omniglot"  # a registered dataset: omniglot | folder | sinusoid
@@ -164,10 +184,25 @@ class DataConfig(Checked):
     # or hash[-DIM]); sentences are embedded once by it and cached
     encoder: str = "all-MiniLM-L6-v2"
     # image datasets: given | none (the training split unlabeled: UMTRA tasks,
-    # tasks/unsupervised.py)
-    labels: str = option("given", choices=("given", "none"))
+    # tasks/unsupervised.py) | clusters (k-means pseudo-labels: CACTUs, tasks/clusters.py)
+    labels: str = option("given", choices=("given", "none", "clusters"))
     # augmentations of training images (tasks/augment.py AugmentConfig keys); None: not augmented
     augment: dict[str, Any] | None = None
+    # data.labels: clusters: the embedding run and k-means options (ClustersConfig)
+    clusters: ClustersConfig | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.labels == "clusters" and (self.clusters is None or not self.clusters.embedding):
+            raise ConfigError(
+                "data.labels: clusters needs data.clusters.embedding: RUN_DIR (a trained metalab "
+                "run whose learner embeds images, e.g. runs/simclr-unsupervised); set it"
+            )
+        if self.clusters is not None and self.labels != "clusters":
+            raise ConfigError(
+                f"data.clusters is set but data.labels is {self.labels}; set data.labels: "
+                "clusters or remove data.clusters"
+            )
 
 
 @dataclass
@@ -282,6 +317,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1 and dataclasses.is_dataclass(options[0]):
+            return _coerce(value, options[0], where)  # an optional section: its own message
         for arg in args:
             if arg is type(None):
                 continue

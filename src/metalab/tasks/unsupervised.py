@@ -44,7 +44,7 @@ from metalab.errors import DataError
 from metalab.tasks.augment import Augment, AugmentConfig, augment_config
 from metalab.tasks.episodes import Episode, EpisodeSampler, check_episode_shape, to_float
 
-LABELS = ("given", "none")
+LABELS = ("given", "none", "clusters")  # clusters: CACTUs pseudo-labels (tasks/clusters.py)
 
 
 def distinct_rows(total: int, b: int, n: int, generator: torch.Generator) -> Tensor:
@@ -271,4 +271,10 @@ def training_source(data: Any, source: Any) -> Any:
         )
     if labels == "none":
         return UnlabeledImages(source, augment)
+    if labels == "clusters":
+        from metalab.tasks.clusters import clustered_source
+
+        source = clustered_source(source, data.clusters, data.train_split, augment)
+        if augment is None:
+            return source
     return AugmentedImages(source, augment)
