@@ -77,9 +77,35 @@ def _env(tmp: Path) -> dict[str, str]:
 
 
 def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done
+    proc = _start(args, env, text=True)
+    out, err = _communicate(proc, 300)
+    assert proc.returncode == 0, err[-3000:]
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
+
+
+def _start(args: list[str], env: dict[str, str], text: bool = False) -> subprocess.Popen:
+    """torchrun (or metalab) in a session of its own, so a hung run's workers can be stopped."""
+    return subprocess.Popen(
+        args,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=text,
+        start_new_session=True,
+    )
+
+
+def _communicate(proc: subprocess.Popen, timeout: float):
+    """Its output; on a timeout the whole process group is killed (no worker is left behind to
+    hold ports and CPU) and the test fails with what it printed."""
+    import signal
+
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"timed out after {timeout} s; stderr:\n{str(err)[-3000:]}")
 
 
 def _torchrun(n: int) -> list[str]:
@@ -200,7 +226,7 @@ def test_a_killed_worker_is_restarted_and_the_run_ends_as_if_never_stopped(tmp_p
     )
     run = tmp_path / "b"
     cmd = _torchrun(2) + ["--max-restarts=3", "-m", "metalab", "train", str(cfg), "--out", str(run)]
-    proc = subprocess.Popen(cmd + steps, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = _start(cmd + steps, env)
     metrics, killed = run / "metrics.jsonl", False
     deadline = time.monotonic() + 240
     while proc.poll() is None and time.monotonic() < deadline and not killed:
@@ -211,7 +237,7 @@ def test_a_killed_worker_is_restarted_and_the_run_ends_as_if_never_stopped(tmp_p
                 os.kill(workers[0], signal.SIGKILL)
                 killed = True
         time.sleep(0.02)
-    _, err = proc.communicate(timeout=300)
+    _, err = _communicate(proc, 300)
     assert killed, "the run ended before a worker could be killed"
     assert proc.returncode == 0, err.decode()[-3000:]
     final = load_checkpoint(run / "last.pt")

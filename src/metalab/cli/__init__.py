@@ -69,8 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         rank = f" (rank {world.rank})" if world.distributed else ""
         print(f"metalab: error{rank}: {_one_line(message)}", file=sys.stderr)
 
+    finished = False
     try:
-        return args.command_run(args)
+        code = args.command_run(args)
+        finished = code == 0  # not after a signal stop: a peer may be gone (torchrun's restart)
+        return code
     except MetalabError as e:
         if args.debug:
             raise
@@ -92,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         print("metalab: interrupted", file=sys.stderr)
         return 130
     finally:
-        close_world(current_world())  # leave a torchrun process group cleanly
+        close_world(current_world(), finished)  # leave a torchrun process group cleanly
 
 
 if __name__ == "__main__":

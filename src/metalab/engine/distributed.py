@@ -105,8 +105,15 @@ def init_world(device_name: str, timeout_s: float = 600.0) -> tuple[World, torch
             torch.cuda.set_device(device)
     if world.distributed and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
+        timeout = datetime.timedelta(seconds=timeout_s)
         try:
-            dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+            store = _attempt_store(timeout)
+            if store is None:
+                dist.init_process_group(backend, timeout=timeout)
+            else:
+                dist.init_process_group(
+                    backend, store=store, rank=world.rank, world_size=world.size, timeout=timeout
+                )
         except (RuntimeError, ValueError) as e:  # rendezvous timeout, unreachable master
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ConfigError(
@@ -118,10 +125,45 @@ def init_world(device_name: str, timeout_s: float = 600.0) -> tuple[World, torch
     return world, device
 
 
-def close_world(world: World) -> None:
-    """Leave the process group (a no-op for one process)."""
+def _attempt_store(timeout: datetime.timedelta) -> dist.Store | None:
+    """torchrun's store, with this restart's keys apart from the earlier attempts' (None when
+    torchrun does not host the store: ``init_process_group`` then reads the environment itself).
+
+    Under torchrun the workers share the agent's TCP store, which outlives a restart
+    (``--max-restarts``); without a prefix, a restarted rank can read the address a dead rank of the
+    previous attempt published, and gloo then retries that closed port until the timeout (PyTorch
+    issue 135712: "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=0 is not compatible with torchelastic
+    restarts"). The prefix is the attempt number the one agent of a one-node run gives all its
+    workers (``TORCHELASTIC_RESTART_COUNT``). With several nodes each agent counts its own restarts,
+    so the count cannot name an attempt: there the store is left as torchrun made it, and a run
+    that may restart should start torchrun with ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``, as that
+    issue advises (the README says so).
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    if _env_int("GROUP_WORLD_SIZE", 1) != 1:  # several agents (nodes): see above
+        return None
+    host, port = os.environ.get("MASTER_ADDR"), _env_int("MASTER_PORT", -1)
+    if not host or not 0 <= port < 2**16:
+        return None  # let init_process_group say what is missing
+    agent = dist.TCPStore(host, port, is_master=False, timeout=timeout)
+    attempt = _env_int("TORCHELASTIC_RESTART_COUNT", 0)
+    return dist.PrefixStore(f"metalab/attempt_{attempt}", agent)
+
+
+def close_world(world: World, finished: bool = True) -> None:
+    """Leave the process group (a no-op for one process).
+
+    A rank that ``finished`` its command first waits at a barrier for the others, so no rank tears
+    its connections down while a peer is still sending to it: gloo can then abort the late rank at
+    exit ("terminate called without an active exception", SIGABRT), and torchrun reports a run that
+    trained correctly as failed. A rank leaving on an error or a signal (torchrun stops the others
+    when a worker dies) does not wait: its peers may never come.
+    """
     global _current
     if world.distributed and dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
     _current = World()
 

@@ -69,6 +69,7 @@ from metalab.config import ClustersConfig
 from metalab.data.base import ClassIndexedDataset
 from metalab.errors import CheckpointError, ConfigError, DataError
 from metalab.tasks.episodes import Episode, check_episode_shape, to_float
+from metalab.tasks.unsupervised import ImagesWithoutClasses
 
 EMBED_BATCH = 512  # images embedded at once
 BLOCK = 2**22  # floats of one block of the (points × centres) distance matrix
@@ -362,7 +363,7 @@ def clustered_dataset(
     )
 
 
-class ClusterTasks:
+class ClusterTasks(ImagesWithoutClasses):
     """A training split as ``P > 1`` partitions into clusters (see the module docstring): an
     episodic task source only.
 
@@ -373,9 +374,6 @@ class ClusterTasks:
         min_size: the smallest cluster a task may draw from (besides K + Q).
     """
 
-    regression = False
-    labelled = False  # several label sets: records describe it without classes
-
     def __init__(
         self, dataset: ClassIndexedDataset, assign: Tensor, k: int, min_size: int | None = None
     ) -> None:
@@ -384,21 +382,8 @@ class ClusterTasks:
         self.assign, self.k, self.min_size = assign.cpu(), k, min_size
 
     @property
-    def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.images.shape[1:])
-
-    image_shape = input_shape
-
-    @property
-    def device(self) -> torch.device:
-        return self.images.device
-
-    @property
     def partitions(self) -> int:
         return len(self.assign)
-
-    def __len__(self) -> int:
-        return len(self.images)
 
     def to(self, device: torch.device | str) -> ClusterTasks:
         new = ClusterTasks.__new__(ClusterTasks)
@@ -406,23 +391,12 @@ class ClusterTasks:
         new.images = self.images.to(device)
         return new
 
-    def _episodic_only(self, what: str) -> DataError:
+    def _refuse(self, what: str) -> DataError:
         return DataError(
             f"{self.name}: data.clusters.partitions > 1 gives episodic tasks only, so the split "
-            f"has no single {what}; train an episodic learner (protonet, maml, ...) or set "
+            f"has no single set of {what}; train an episodic learner (protonet, maml, ...) or set "
             "data.clusters.partitions: 1"
         )
-
-    @property
-    def num_classes(self) -> int:
-        raise self._episodic_only("set of classes")
-
-    @property
-    def counts(self) -> Tensor:
-        raise self._episodic_only("set of classes")
-
-    def fixed_episodes(self, *args: Any, **kwargs: Any) -> Any:
-        raise self._episodic_only("labelled episodes to evaluate on; evaluate on a labelled split")
 
     def episode_sampler(
         self, ways: int, shots: int, queries: int, meta_batch: int = 1, within_group: bool = False

@@ -62,16 +62,51 @@ def distinct_rows(total: int, b: int, n: int, generator: torch.Generator) -> Ten
     return torch.rand(b, total, generator=generator).argsort(1)[:, :n]
 
 
-class UnlabeledImages:
+class ImagesWithoutClasses:
+    """A training split that keeps its image tensor but no class table (:class:`UnlabeledImages`,
+    :class:`metalab.tasks.clusters.ClusterTasks`): an episodic task source whose refusals of what
+    a labelled consumer asks for (``num_classes``, ``counts``, ``fixed_episodes``) name the switch,
+    through :meth:`_refuse`. Records and meta-features describe it without classes."""
+
+    regression = False
+    labelled = False
+    images: Tensor
+
+    def _refuse(self, what: str) -> DataError:
+        raise NotImplementedError
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.images.shape[1:])
+
+    image_shape = input_shape
+
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def num_classes(self) -> int:
+        raise self._refuse("classes (this algorithm needs class labels)")
+
+    @property
+    def counts(self) -> Tensor:
+        raise self._refuse("classes (this algorithm needs class labels)")
+
+    def fixed_episodes(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._refuse("labelled episodes to evaluate on; evaluate on a labelled split")
+
+
+class UnlabeledImages(ImagesWithoutClasses):
     """A training split seen as images only (see the module docstring).
 
     Args:
         dataset: the labelled split; only ``images`` (and how they were decoded) is kept.
         augment: the augmentation options of the views (``data.augment``).
     """
-
-    regression = False
-    labelled = False  # records and meta-features describe it without classes
 
     def __init__(
         self,
@@ -91,47 +126,22 @@ class UnlabeledImages:
         new.name, new.images, new.preprocess, new.augment = name, images, preprocess, augment
         return new
 
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.images.shape[1:])
-
-    image_shape = input_shape
-
-    @property
-    def device(self) -> torch.device:
-        return self.images.device
-
-    def __len__(self) -> int:
-        return len(self.images)
-
     def to(self, device: torch.device | str) -> UnlabeledImages:
         return self._of(self.images.to(device), self.name, self.preprocess, self.augment)
 
-    # --- what a labelled consumer would ask for: refused, naming the switch ----------------------
-    def _no_labels(self, what: str) -> DataError:
+    def _refuse(self, what: str) -> DataError:
         return DataError(
             f"{self.name}: data.labels is none, so the training split has no {what}; train an "
             "episodic learner (protonet, maml, ...) or a contrastive one (simclr), or set "
             "data.labels: given"
         )
 
-    @property
-    def num_classes(self) -> int:
-        raise self._no_labels("classes (this algorithm needs class labels)")
-
-    @property
-    def counts(self) -> Tensor:
-        raise self._no_labels("classes (this algorithm needs class labels)")
-
-    def fixed_episodes(self, *args: Any, **kwargs: Any) -> Any:
-        raise self._no_labels("labelled episodes to evaluate on; evaluate on a labelled split")
-
     # --- tasks ----------------------------------------------------------------------------------
     def episode_sampler(
         self, ways: int, shots: int, queries: int, meta_batch: int = 1, within_group: bool = False
     ) -> UnsupervisedEpisodes:
         if within_group:
-            raise self._no_labels("alphabets (groups) for data.within_group; set it to false")
+            raise self._refuse("alphabets (groups) for data.within_group; set it to false")
         return UnsupervisedEpisodes(self, ways, shots, queries, meta_batch)
 
 
