@@ -93,3 +93,21 @@ def test_a_baseline_run_reloads_without_its_training_data(tmp_path: Path) -> Non
     shutil.rmtree(data / "train")
     learner, cfg, _ = metalab.load_learner(tmp_path / "run", device="cpu", checkpoint="last")
     assert cfg.algorithm["classes"] == 8
+
+
+def test_train_evaluate_and_compare_are_recorded_like_the_commands(run: Path, tmp_path) -> None:
+    """The run registry records API calls as it records `metalab train/eval/compare`."""
+    from metalab.experiments.registry import open_registry
+
+    reg = open_registry()  # the session's registry ($METALAB_REGISTRY, tests/conftest.py)
+    (train,) = reg.query(kind="train", run_dir=str(run.resolve()))
+    assert train["status"] == "finished" and train["command"] == "metalab.train(...)"
+    assert reg.get(train["uid"])["curve"]  # the validation curve, as the command records it
+    before = len(reg.query(kind="eval"))
+    metalab.evaluate(run, ways=3, shots=1, queries=2, episodes=6, device="cpu")
+    assert len(reg.query(kind="eval")) == before + 1
+    metalab.evaluate(run, ways=3, shots=1, queries=2, episodes=6, device="cpu", registry="off")
+    assert len(reg.query(kind="eval")) == before + 1
+    before = len(reg.query(kind="compare"))
+    metalab.compare([run], tmp_path / "cmp", ways=[3], shots=[1], queries=2, episodes=4)
+    assert len(reg.query(kind="compare")) == before + 1

@@ -42,19 +42,24 @@ def train(
     data_dir: PathLike | None = None,
     resume: bool = False,
     progress: bool = False,
+    registry: str | None = None,
 ):
     """Meta-train ``config`` (a :class:`~metalab.config.Config` or a YAML path) into the run folder
     ``out``; returns the :class:`~metalab.engine.trainer.TrainResult` (step, why it stopped, best
-    validation score). ``data_dir`` sets ``data.data_dir``."""
+    validation score). ``data_dir`` sets ``data.data_dir``. The run is recorded in the run
+    registry like ``metalab train``'s (``registry``: a SQLAlchemy URL or SQLite file, ``"off"``;
+    default ``$METALAB_REGISTRY`` or the user's registry)."""
     import dataclasses
 
-    from metalab.engine.trainer import train as _train
+    from metalab.engine.trainer import Trainer
+    from metalab.experiments.record import fit_recorded
 
     cfg = config if isinstance(config, Config) else load_config(config)
     if data_dir is not None:
         resolved = str(Path(data_dir).expanduser().resolve())
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, data_dir=resolved))
-    return _train(cfg, out, resume=resume, progress=progress)
+    trainer = Trainer(cfg, out, resume, progress=progress)
+    return fit_recorded(trainer, out, "metalab.train(...)", registry)
 
 
 def load_learner(run: PathLike, *, device: str = "auto", checkpoint: str = "best"):
@@ -80,12 +85,16 @@ def evaluate(
     data_dir: PathLike | None = None,
     device: str = "auto",
     checkpoint: str = "best",
+    registry: str | None = None,
 ) -> dict[str, Any]:
     """The field's protocol on a trained run: fixed test episodes (a function of split, ways,
     shots, queries, episodes and seed), ``accuracy`` and ``ci95`` in percent (``mse`` for
     regression) — the report ``metalab eval --json`` prints. Unset arguments take the run's
     ``eval:`` settings; ``dataset``/``data_dir`` score it on another dataset, decoded as the run's
-    own (cross-domain)."""
+    own (cross-domain). Recorded in the run registry as ``metalab eval`` is (``registry`` as in
+    :func:`train`)."""
+    from metalab.engine.distributed import current_world
+    from metalab.experiments.record import record_eval
     from metalab.protocols import PROTOCOLS, Evaluation, choose
 
     options = argparse.Namespace(
@@ -101,7 +110,12 @@ def evaluate(
         checkpoint=checkpoint,
     )
     ev = Evaluation.load(run, options)
-    return choose(PROTOCOLS, ev).run(ev)
+    report = choose(PROTOCOLS, ev).run(ev)
+    if current_world().is_main:
+        record_eval(
+            report, ev.cfg, ev.__dict__.get("split"), "metalab.evaluate(...)", registry, ev.data
+        )
+    return report
 
 
 def compare(
@@ -117,13 +131,16 @@ def compare(
     data_dir: PathLike | None = None,
     device: str = "auto",
     checkpoint: str = "best",
+    registry: str | None = None,
 ) -> dict[str, Any]:
     """Several runs on the same fixed episodes for every (ways, shots): mean ± CI per method and
-    paired differences; writes compare.md, compare.json and compare.png into ``out``."""
-    from metalab.engine.distributed import init_world
+    paired differences; writes compare.md, compare.json and compare.png into ``out``. Recorded in
+    the run registry as ``metalab compare`` is (``registry`` as in :func:`train`)."""
+    from metalab.engine.distributed import current_world, init_world
+    from metalab.experiments.record import record_compare
     from metalab.protocols.compare import compare_runs
 
-    return compare_runs(
+    report = compare_runs(
         [Path(r) for r in runs],
         Path(data_dir) if data_dir is not None else None,
         Path(out),
@@ -137,6 +154,9 @@ def compare(
         command="metalab.compare(...)",
         dataset=dataset,
     )
+    if current_world().is_main:
+        record_compare(report, registry, dataset)
+    return report
 
 
 def predict(

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from metalab.config import load_config
     from metalab.engine.trainer import Trainer
     from metalab.errors import ConfigError
-    from metalab.experiments.record import TrainRecord
+    from metalab.experiments.record import fit_recorded
 
     # an absolute path, so that eval finds the data later from anywhere
     data_dir = str(Path(args.data_dir).expanduser().resolve()) if args.data_dir else None
@@ -72,18 +72,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--out is empty; name the run folder (default: runs/<config name>)")
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     trainer = Trainer(cfg, out, args.resume, progress=not args.quiet)
+    result = fit_recorded(trainer, out, command_line(), args.registry)
     if not trainer.world.is_main:  # under torchrun, rank 0 alone records and prints
-        return _exit_code(trainer.fit())
-    # the run registry: a record from the start, its validation curve as it goes, the end
-    try:
-        record = TrainRecord.start(trainer.cfg, out, command_line(), args.registry, args.resume)
-    except BaseException:
-        trainer.close()  # release the run folder's lock
-        raise
-    with record as rec:
-        trainer.on_step = rec.on_step
-        result = trainer.fit()
-        rec.finish(result)
+        return _exit_code(result)
     unit = "%" if result.metric == "accuracy" else ""
     best = (
         ""

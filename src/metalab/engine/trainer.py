@@ -213,6 +213,7 @@ class Trainer:
         self.world, self.device = init_world(cfg.train.device)
         if self.world.distributed and restarted() and (self.run_dir / "last.pt").exists():
             resume = True  # torchrun restarted the group after a failure: go on from last.pt
+        self.resumed = resume  # going on from last.pt (the run registry reopens the record)
         # rank 0 alone holds and writes the run folder
         self.rundir = RunDir(self.run_dir).open(resume) if self.world.is_main else None
         try:

@@ -350,6 +350,26 @@ class TrainRecord:
             )
 
 
+def fit_recorded(
+    trainer, run_dir: str | Path, command: str | None, registry: str | Registry | None = None
+):
+    """``trainer.fit()`` with its run-registry record: opened before the first step (reopened on
+    a resume), the validation curve as it goes, the result at the end — what ``metalab train`` and
+    :func:`metalab.train` both do. Under torchrun, rank 0 alone records."""
+    if not trainer.world.is_main:
+        return trainer.fit()
+    try:
+        record = TrainRecord.start(trainer.cfg, run_dir, command, registry, trainer.resumed)
+    except BaseException:
+        trainer.close()  # release the run folder's lock
+        raise
+    with record as rec:
+        trainer.on_step = rec.on_step
+        result = trainer.fit()
+        rec.finish(result)
+    return result
+
+
 def _utcnow():
     import datetime as _dt
 
