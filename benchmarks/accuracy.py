@@ -23,15 +23,16 @@ from metalab.tools.allocator import keep_freed_memory_unless_opted_out
 from metalab.tools.provenance import write_result
 
 
+class Failed(Exception):
+    """A metalab command exited non-zero (it printed why on stderr)."""
+
+
 def run(cmd: list[str]) -> str:
     print("$ " + shlex.join(cmd), file=sys.stderr)
     done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
     # metalab has printed what went wrong on stderr; no traceback on top of it
     if done.returncode != 0:
-        sys.exit(
-            f"accuracy.py: this command failed (exit {done.returncode}), no result written: "
-            f"{shlex.join(cmd)}"
-        )
+        raise Failed(f"this command failed (exit {done.returncode}): {shlex.join(cmd)}")
     return done.stdout
 
 
@@ -64,7 +65,21 @@ def main() -> None:
         default=None,
         help='extra flags for one metalab eval (repeatable): --eval-args="--ways 20"',
     )
+    p.add_argument(
+        "--no-train",
+        action="store_true",
+        help="evaluate the run already in --out (trained by the commands given with "
+        "--trained-by), without training it",
+    )
+    p.add_argument(
+        "--trained-by",
+        action="append",
+        default=[],
+        help="with --no-train: a command that trained the run (repeatable; recorded as given)",
+    )
     args = p.parse_args()
+    if args.no_train and not args.out:
+        p.error("--no-train needs --out: the run folder to evaluate")
     out = args.out or f"runs/bench-{args.name}"
     metalab = [sys.executable, "-m", "metalab.cli"]
     data = ["--data-dir", args.data_dir] if args.data_dir else []
@@ -80,12 +95,21 @@ def main() -> None:
         *shlex.split(args.train_args),
     ]
     start = time.monotonic()
-    run(train_cmd)
+    if not args.no_train:
+        try:
+            run(train_cmd)
+        except Failed as e:
+            sys.exit(f"accuracy.py: {e}; no result written")
     train_s = time.monotonic() - start
-    evals = []
+    evals, failed = [], []
     for extra in args.eval_args or [""]:
         cmd = metalab + ["eval", out, *data, "--device", args.device, "--json", *shlex.split(extra)]
-        result = json.loads(run(cmd))
+        try:
+            result = json.loads(run(cmd))
+        except Failed as e:  # one evaluation refused: keep the others, say which failed
+            print(f"accuracy.py: {e}", file=sys.stderr)
+            failed.append(shlex.join(["metalab", *cmd[3:]]))
+            continue
         result["command"] = shlex.join(["metalab", *cmd[3:]])
         evals.append(result)
         metric = next(m for m in ("accuracy", "mse", "error_rate") if m in result)
@@ -104,16 +128,24 @@ def main() -> None:
     ]
     last_train = [r for r in lines if "loss" in r][-1:]
     results = {
-        "train_command": shlex.join(["metalab", *train_cmd[3:]]),
-        "train_wall_s": round(train_s, 1),
+        "train_command": args.trained_by
+        if args.no_train
+        else shlex.join(["metalab", *train_cmd[3:]]),
+        "train_wall_s": None if args.no_train else round(train_s, 1),
         "steps": last_train[0]["step"] if last_train else None,
         "eval": evals,
         "val_curve": curve,
     }
+    if failed:
+        results["eval_failed"] = failed  # metalab printed why on stderr
+    if not evals:
+        sys.exit("accuracy.py: every evaluation failed, no result written")
     path = write_result(
         Path(args.results) / f"{args.name}.json", shlex.join(["python", *sys.argv]), results
     )
     print(path)
+    if failed:
+        sys.exit(f"accuracy.py: {len(failed)} evaluation(s) failed (recorded under eval_failed)")
 
 
 if __name__ == "__main__":
