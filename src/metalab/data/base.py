@@ -72,8 +72,8 @@ class ClassIndexedDataset:
 
     def to(self, device: torch.device | str) -> ClassIndexedDataset:
         """The same dataset with its tensors on `device` (images are moved once, then gathered
-        there)."""
-        return ClassIndexedDataset(
+        there); a subclass stays itself."""
+        return type(self)(
             self.name,
             self.images.to(device),
             self.offsets.to(device),

@@ -322,18 +322,6 @@ class ClusteredImages(ClassIndexedDataset):
                 "to drop them (CACTUs keeps only clusters with at least K + Q images)"
             )
 
-    def to(self, device: torch.device | str) -> ClusteredImages:
-        return ClusteredImages(
-            self.name,
-            self.images.to(device),
-            self.offsets.to(device),
-            self.counts.to(device),
-            self.class_names,
-            self.groups.to(device),
-            self.group_names,
-            self.preprocess,
-        )
-
 
 def clustered_dataset(
     dataset: ClassIndexedDataset, assign: Tensor, k: int, min_size: int | None
