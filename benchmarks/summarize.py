@@ -38,7 +38,10 @@ def accuracy_rows(results: dict[str, dict]) -> list[str]:
         res = r["results"]
         if "eval" not in res:
             continue
-        training = f"{res['steps']} steps, {res['train_wall_s'] / 60:.1f} min"
+        if res.get("train_wall_s") is None:  # accuracy.py --no-train: trained by other commands
+            training = f"{res['steps']} steps (trained earlier)"
+        else:
+            training = f"{res['steps']} steps, {res['train_wall_s'] / 60:.1f} min"
         for e in res["eval"]:
             if "accuracy" in e:
                 setting = (
