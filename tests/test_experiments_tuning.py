@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -193,14 +194,30 @@ def test_two_workers_share_one_study_and_a_killed_workers_trial_fails(setup):
     failed (by the survivor, three missed heartbeats later) and the study reaches its budget."""
     (setup / "worker.py").write_text(WORKER)
     run = lambda kill_at: subprocess.Popen(  # noqa: E731
-        [sys.executable, str(setup / "worker.py"), str(setup), "12", str(kill_at)], env=_env()
+        [sys.executable, str(setup / "worker.py"), str(setup), "16", str(kill_at)], env=_env()
     )
-    doomed, survivor = run(3), run(0)
+    storage = f"sqlite:///{setup}/optuna.db"
+    doomed = run(3)
+    # the survivor joins once the doomed worker has completed a trial, so that it still has trials
+    # to start after the death plus the 3 s grace period (it fails stale trials when it starts
+    # one); joining at once, a loaded machine let it reach the budget before the death was seen
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and doomed.poll() is None:
+        try:
+            done = optuna.load_study(study_name="shared", storage=storage).get_trials(
+                states=(optuna.trial.TrialState.COMPLETE,)
+            )
+        except Exception:  # noqa: BLE001 - the study is not created yet
+            done = []
+        if done:
+            break
+        time.sleep(0.1)
+    survivor = run(0)
     assert doomed.wait(timeout=240) == -9 and survivor.wait(timeout=240) == 0
-    study = optuna.load_study(study_name="shared", storage=f"sqlite:///{setup}/optuna.db")
+    study = optuna.load_study(study_name="shared", storage=storage)
     complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     failed = study.get_trials(states=(optuna.trial.TrialState.FAIL,))
-    assert len(complete) == 12 and len(failed) == 1
+    assert len(complete) == 16 and len(failed) == 1
     reg = Registry(f"sqlite:///{setup}/reg.db")
     trials = reg.query(kind="trial", study="shared")
     finished_by = {r["pid"] for r in trials if r["status"] == "finished"}
