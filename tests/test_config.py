@@ -210,3 +210,18 @@ def test_broken_overrides_are_refused_in_one_line(preset, tmp_path):
     empty_section = tmp_path / "e.yaml"
     empty_section.write_text("algorithm: protonet\ntrain:\n")
     assert load_config(empty_section, ["train.lr=0.01"]).train.lr == 0.01
+
+
+def test_algorithm_override_on_an_empty_or_scalar_algorithm_section(tmp_path):
+    """Found by the fuzz test: `algorithm:` left empty (None) or a number in the file, then
+    `--set algorithm=NAME`, raised a raw TypeError."""
+    from metalab.config import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("algorithm:\ntrain: {}\n")
+    assert load_config(path, ["algorithm=protonet"]).algorithm_name == "protonet"
+    with pytest.raises(ConfigError, match="needs a 'name'"):
+        load_config(path, ["algorithm="])
+    path.write_text("algorithm: 3\n")
+    with pytest.raises(ConfigError, match="not a section"):
+        load_config(path, ["algorithm=protonet"])

@@ -530,7 +530,11 @@ def apply_override(values: dict[str, Any], item: str) -> None:
         if not isinstance(node, dict):
             raise ConfigError(f"--set {item!r}: '{p}' is not a section")
     if parts == ["algorithm"]:
-        parts, node = ["name"], values.setdefault("algorithm", {})
+        if values.get("algorithm") is None:  # absent, or an empty `algorithm:` in the file
+            values["algorithm"] = {}
+        parts, node = ["name"], values["algorithm"]
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {item!r}: 'algorithm' in the file is not a section")
     try:
         node[parts[-1]] = yaml.safe_load(raw)
     except yaml.YAMLError as e:
