@@ -11,14 +11,15 @@ from metalab.algorithms.metric.protonet import ProtoNet
 from metalab.algorithms.transfer.contrastive import info_nce, nt_xent, supcon
 from metalab.config import parse_config
 from metalab.data.base import ClassIndexedDataset
-from metalab.engine.build import load_learner
+from metalab.engine.build import build_learner, load_learner
 from metalab.engine.evaluate import evaluate
 from metalab.engine.trainer import train
 from metalab.errors import ConfigError, DataError
 from metalab.tasks import sources
+from metalab.tasks.augment import augment_config
 from metalab.tasks.episodes import EpisodeSampler, FixedEpisodes, episode_sampler
 from metalab.tasks.sources import DatasetSpec, load_split
-from metalab.tasks.unsupervised import AugmentedImages, UnlabeledImages
+from metalab.tasks.unsupervised import AugmentedBatches, UnlabeledImages
 
 
 def synthetic(classes=30, per_class=5, seed=0):
@@ -168,25 +169,60 @@ def test_labels_none_on_omniglot_and_on_a_folder(data_dir, tmp_path):
     assert out.per_episode.shape == (4,)
 
 
-def test_task_augmentation_for_supervised_episodes(monkeypatch, tmp_path):
+def test_task_augmentation_for_supervised_episodes():
     data = synthetic()
     plain = EpisodeSampler(data, 5, 1, 2, 2).sample(torch.Generator().manual_seed(0))
-    same = AugmentedImages(data, {"strength": 0.0}).episode_sampler(5, 1, 2, 2)
+    same = AugmentedBatches(EpisodeSampler(data, 5, 1, 2, 2), augment_config({"strength": 0.0}))
     e = same.sample(torch.Generator().manual_seed(0))
     assert torch.equal(e.support_x, plain.support_x) and torch.equal(e.classes, plain.classes)
-    augmented = AugmentedImages(data, {}).episode_sampler(5, 1, 2, 2)
+    augmented = AugmentedBatches(EpisodeSampler(data, 5, 1, 2, 2), augment_config({}))
     e = augmented.sample(torch.Generator().manual_seed(0))
     assert torch.equal(e.classes, plain.classes) and torch.equal(e.query_y, plain.query_y)
     assert not torch.equal(e.support_x, plain.support_x)
-    # a learner that reads the split directly (flat batches) is refused, not silently unaugmented
+
+
+# every kind of training batch: episodes, flat batches (Baseline), pairs (Siamese), label-delayed
+# sequences (MANN), shuffled-support episodes (SNAIL)
+AUGMENTED_LEARNERS = [
+    ("protonet", {}),
+    ("baseline", {"batch_size": 8}),
+    ("siamese", {"batch_size": 8}),
+    ("mann", {"instances": 2}),
+    ("snail", {}),
+]
+
+
+@pytest.mark.parametrize("name, options", AUGMENTED_LEARNERS)
+def test_task_augmentation_reaches_every_kind_of_batch(monkeypatch, tmp_path, name, options):
+    data = synthetic()
     use_dataset(monkeypatch, data, synthetic(seed=9))
-    cfg = run_config("baseline", labels="given")
+    cfg = run_config(name, labels="given", **options)
+    learner = build_learner(cfg, (1, 28, 28), 0)
+    draw = lambda sampler: sampler.sample(torch.Generator().manual_seed(0))  # noqa: E731
+    plain = draw(learner.training_batches(data, cfg))
+    fields = type(plain).image_fields
+    # strength 0: the very batch the learner draws without augmentation
+    cfg.data.augment = {"strength": 0.0}
+    same = draw(learner.training_batches(load_split(cfg.data, "train"), cfg))
+    assert all(torch.equal(getattr(same, f), getattr(plain, f)) for f in fields)
+    cfg.data.augment = {"strength": 1.0}
+    changed = draw(learner.training_batches(load_split(cfg.data, "train"), cfg))
+    for f in fields:  # every image field is augmented, nothing else is touched
+        assert getattr(changed, f).shape == getattr(plain, f).shape
+        assert not torch.equal(getattr(changed, f), getattr(plain, f))
+    for key, value in vars(plain).items():
+        if key not in fields and isinstance(value, torch.Tensor):
+            assert torch.equal(getattr(changed, key), value), key
+    assert train(cfg, tmp_path / name, progress=False).step == 3
+
+
+def test_contrastive_learners_apply_data_augment_as_their_views(monkeypatch):
+    use_dataset(monkeypatch, synthetic(), synthetic(seed=9))
+    cfg = run_config("simclr", labels="given", batch_size=8)
     cfg.data.augment = {"strength": 0.5}
-    with pytest.raises(DataError, match="data.augment augments training episodes only"):
-        train(cfg, tmp_path / "baseline", progress=False)
-    cfg = run_config("protonet", labels="given")
-    cfg.data.augment = {"strength": 0.5}
-    assert train(cfg, tmp_path / "protonet", progress=False).step == 3
+    learner = build_learner(cfg, (1, 28, 28), 0)
+    sampler = learner.training_batches(load_split(cfg.data, "train"), cfg)
+    assert not isinstance(sampler, AugmentedBatches)  # not augmented twice
 
 
 # --- contrastive learning as meta-learning (Ni et al. 2022) --------------------------------------

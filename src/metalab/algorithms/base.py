@@ -1,7 +1,7 @@
 """The contract every algorithm of every family implements, and the one the engine knows.
 
     learner = ALGORITHMS.get("protonet").from_config(cfg, input_shape=(1, 28, 28))
-    sampler = learner.train_sampler(train_split, cfg)   # what batches it trains on
+    sampler = learner.training_batches(train_split, cfg)  # what batches it trains on
     out = learner.meta_loss(sampler.sample(generator))  # StepOutput: differentiable loss + metrics
     logits = learner.predict(episode)                   # adapt on the support set, score the query
 
@@ -122,6 +122,8 @@ class MetaLearner(nn.Module):
 
     Config: ClassVar[type]
     regression: ClassVar[bool] = False  # handles regression episodes (ways = 0, float targets)
+    # applies data.augment itself (contrastive views), rather than as task augmentation
+    augments_itself: ClassVar[bool] = False
     # One output unit per way: only episodes of ``self.ways`` ways can be scored. A learner whose
     # options decide (MANN's string labels) sets the attribute on the instance in __init__.
     fixed_ways: bool = False
@@ -208,6 +210,17 @@ class MetaLearner(nn.Module):
         return episode_sampler(
             split, t.ways, t.shots, t.queries, t.meta_batch, cfg.data.within_group
         )
+
+    def training_batches(self, split: Any, cfg: Config) -> Sampler:
+        """What the engine draws training batches from: :meth:`train_sampler`'s, with every image
+        augmented when ``data.augment`` made ``split`` an
+        :class:`~metalab.tasks.unsupervised.AugmentedImages` (task augmentation, for every kind of
+        batch) and the learner does not apply ``data.augment`` itself."""
+        from metalab.tasks.unsupervised import AugmentedBatches, AugmentedImages
+
+        if isinstance(split, AugmentedImages) and not self.augments_itself:
+            return AugmentedBatches(self.train_sampler(split.dataset, cfg), split.augment)
+        return self.train_sampler(split, cfg)
 
     def meta_loss(self, batch: Any) -> StepOutput:
         raise NotImplementedError

@@ -248,7 +248,7 @@ class Trainer:
         if dataclasses.is_dataclass(getattr(self.learner, "options", None)):
             resolved = {"name": cfg.algorithm_name, **dataclasses.asdict(self.learner.options)}
             self.cfg = cfg = dataclasses.replace(cfg, algorithm=resolved)
-        self.sampler = self.learner.train_sampler(train_split, cfg)
+        self.sampler = self.learner.training_batches(train_split, cfg)
         self.val_set = None
         if t.val_every > 0 and cfg.data.val_split and cfg.data.val_split in splits:
             e = cfg.eval

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -36,6 +36,7 @@ from metalab.errors import DataError
 class Episode:
     """A batch of B few-shot tasks (see the module docstring for shapes)."""
 
+    image_fields: ClassVar[tuple[str, ...]] = ("support_x", "query_x")  # what augmentation changes
     support_x: Tensor
     support_y: Tensor
     query_x: Tensor

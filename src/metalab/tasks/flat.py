@@ -20,6 +20,7 @@ stopped. Images are gathered on the dataset's own device in one indexing operati
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -34,6 +35,7 @@ class FlatBatch:
     """A supervised mini-batch: ``x`` (batch, C, H, W) float in [0, 1], ``y`` (batch,) class ids
     0..classes-1."""
 
+    image_fields: ClassVar[tuple[str, ...]] = ("x",)  # what augmentation changes
     x: Tensor
     y: Tensor
 

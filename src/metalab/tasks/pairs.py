@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -27,6 +28,7 @@ class PairBatch:
     """P image pairs: x1, x2 (P, C, H, W) floats in [0, 1]; same (P,) 1.0 for one class, 0.0 for
     two."""
 
+    image_fields: ClassVar[tuple[str, ...]] = ("x1", "x2")  # what augmentation changes
     x1: Tensor
     x2: Tensor
     same: Tensor

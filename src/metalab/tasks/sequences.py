@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -44,6 +45,7 @@ NULL_LABEL = -1  # the "label" shown with the first step: no previous example
 class SequenceBatch:
     """B label-delayed episodes (see the module docstring for shapes)."""
 
+    image_fields: ClassVar[tuple[str, ...]] = ("x",)  # what augmentation changes
     x: Tensor
     y: Tensor
     instance: Tensor

@@ -28,12 +28,16 @@ Validation and evaluation splits keep their labels (the presets set ``data.val_s
 that no label of any split is used during training).
 
 With labels (``data.labels: given``) and a ``data.augment`` mapping, :class:`AugmentedImages` is
-task augmentation for supervised episodic learners: every support and query image of every
-training episode is augmented.
+task augmentation for every supervised learner: the learner draws its usual training batches from
+the labelled split (episodes, flat batches, pairs, label-delayed sequences) and
+:class:`AugmentedBatches` augments every image of every batch (the batch type's
+``image_fields``), so task augmentation reaches metric, model-based, optimization and transfer
+learners alike.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -42,7 +46,7 @@ from torch import Tensor
 from metalab.data.base import ClassIndexedDataset
 from metalab.errors import DataError
 from metalab.tasks.augment import Augment, AugmentConfig, augment_config
-from metalab.tasks.episodes import Episode, EpisodeSampler, check_episode_shape, to_float
+from metalab.tasks.episodes import Episode, check_episode_shape, to_float
 
 LABELS = ("given", "none", "clusters")  # clusters: CACTUs pseudo-labels (tasks/clusters.py)
 
@@ -187,9 +191,10 @@ class UnsupervisedEpisodes:
 
 
 class AugmentedImages:
-    """A labelled training split whose episodes are augmented (task augmentation for supervised
-    episodic learners). Anything else is asked of the split itself, so a learner that draws flat
-    batches or pairs refuses it by name rather than training unaugmented."""
+    """A labelled training split whose training batches are augmented (task augmentation).
+    :meth:`metalab.algorithms.base.MetaLearner.training_batches` hands the learner the labelled
+    ``dataset`` and augments what its sampler draws; anything else read of this wrapper directly
+    is refused by name rather than answered unaugmented."""
 
     regression = False
 
@@ -223,12 +228,6 @@ class AugmentedImages:
     def to(self, device: torch.device | str) -> AugmentedImages:
         return AugmentedImages(self.dataset.to(device), self.augment)
 
-    def episode_sampler(
-        self, ways: int, shots: int, queries: int, meta_batch: int = 1, within_group: bool = False
-    ) -> AugmentedEpisodes:
-        inner = EpisodeSampler(self.dataset, ways, shots, queries, meta_batch, within_group)
-        return AugmentedEpisodes(inner, self.augment)
-
     def fixed_episodes(self, *args: Any, **kwargs: Any) -> Any:
         raise DataError(
             f"{self.name} is an augmented training split; evaluate on a split without data.augment"
@@ -241,24 +240,33 @@ class AugmentedImages:
         if name.startswith("__") or name == "dataset" or not hasattr(self.dataset, name):
             raise AttributeError(name)
         raise DataError(
-            f"data.augment augments training episodes only, and this algorithm draws other "
-            f"batches from {self.dataset.name} (it reads '{name}'); remove data.augment or use an "
-            "episodic learner"
+            f"data.augment augments the training batches a learner draws, and this code reads "
+            f"'{name}' of the augmented split {self.dataset.name} directly; remove data.augment"
         )
 
 
-class AugmentedEpisodes:
-    """Episodes of a labelled sampler with every support and query image augmented."""
+class AugmentedBatches:
+    """Any sampler's batches with every image augmented: the fields the batch type names in
+    ``image_fields`` (an episode's support and query images, a flat batch's, both images of each
+    pair, every step of a sequence), each image drawn its own augmentation, in one batched call."""
 
-    def __init__(self, sampler: EpisodeSampler, augment: AugmentConfig) -> None:
+    def __init__(self, sampler: Any, augment: AugmentConfig) -> None:
         self.sampler, self.augment = sampler, Augment(augment)
 
-    def sample(self, generator: torch.Generator) -> Episode:
-        e = self.sampler.sample(generator)
-        s = e.support_x.shape[1]
-        x = torch.cat([e.support_x, e.query_x], dim=1)  # (B, S+M, C, H, W)
-        x = self.augment(x.flatten(0, 1), generator).view_as(x)
-        return Episode(x[:, :s], e.support_y, x[:, s:], e.query_y, e.ways, e.classes)
+    def sample(self, generator: torch.Generator) -> Any:
+        batch = self.sampler.sample(generator)
+        fields = getattr(batch, "image_fields", None)
+        if not fields:
+            raise DataError(
+                f"data.augment: this learner's training batches ({type(batch).__name__}) hold no "
+                "images to augment; remove data.augment"
+            )
+        images = [getattr(batch, f) for f in fields]
+        shape = images[0].shape[-3:]  # (C, H, W)
+        flat = torch.cat([x.reshape(-1, *shape) for x in images])
+        out = self.augment(flat, generator).split([x.shape[:-3].numel() for x in images])
+        changed = {f: y.view_as(x) for f, x, y in zip(fields, images, out, strict=True)}
+        return dataclasses.replace(batch, **changed)
 
 
 def training_source(data: Any, source: Any) -> Any:

@@ -205,7 +205,7 @@ def bench_algorithm(cfg: Config, device: torch.device, repeats: int = 3, steps: 
     t = cfg.train
     split = load_split(cfg.data, cfg.data.train_split).to(device)
     learner = build_learner(cfg, input_shape(split), t.seed).to(device).train()
-    sampler = learner.train_sampler(split, cfg)
+    sampler = learner.training_batches(split, cfg)
     optimizer = make_optimizer(learner.parameters(), t)
     generator = torch.Generator().manual_seed(t.seed)
 

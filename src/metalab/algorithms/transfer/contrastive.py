@@ -156,6 +156,7 @@ class SimCLR(MetaLearner):
     """SimCLR pre-training (NT-Xent), frozen-backbone few-shot evaluation (module docstring)."""
 
     objective = "nt_xent"
+    augments_itself = True  # data.augment is its view augmentation, not task augmentation
 
     @dataclass
     class Config:
