@@ -135,3 +135,25 @@ def test_a_few_steps_of_meta_training_lower_the_loss():
         out.loss.backward()
         opt.step()
     assert float(out.loss.detach()) < first
+
+
+@pytest.mark.parametrize("name", ["maml", "fomaml", "anil"])
+def test_zero_head_is_kao_et_al_zeroing_trick(name):
+    """Kao et al. 2022, §3.3: every task starts from a zero head. One inner step then makes the
+    head's rows (α/N)(μ_c − μ̄) (class means of the support features less their mean; the body
+    does not move, its gradient passing through the zero head), so the query logits are those inner
+    products; the head itself gets a zero meta-gradient."""
+    model, ep = learner(name, zero_head=True, inner_steps=1, eval_inner_steps=1), episode()
+    assert not model.net.head.weight.any() and not model.net.head.bias.any()
+    with torch.no_grad():
+        model.net.head.weight.normal_()  # whatever the stored head holds, a task starts at zero
+    logits = model.predict(ep)
+    alpha = model.options.inner_lr
+    for i in range(B):
+        fs, fq = model.net.backbone(ep.support_x[i]), model.net.backbone(ep.query_x[i])
+        means = torch.stack([fs[ep.support_y[i] == c].mean(0) for c in range(N)])
+        expected = fq @ (alpha / N * (means - means.mean(0))).T
+        assert torch.allclose(logits[i], expected, atol=1e-10)
+    model.meta_loss(ep).loss.backward()
+    assert not model.net.head.weight.grad.any() and not model.net.head.bias.grad.any()
+    assert all(p.grad.abs().sum() > 0 for p in model.net.backbone.parameters())

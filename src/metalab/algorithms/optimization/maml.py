@@ -36,6 +36,16 @@ reference);
 starts at ``inner_lr`` everywhere; 28×28 inputs and max-pooling (the paper's strided convolutions
 without pooling are not used for Omniglot here).
 
+The zeroing trick (Kao, Chiu & Chen, "MAML is a Noisy Contrastive Learner in Classification", ICLR
+2022, §3.3; ``zero_head: true``): the linear head starts every task's inner loop at zero instead of
+at a meta-learned initialisation. After one inner step the head's rows are then the support
+features' class means less their overall mean, scaled by α/N (the body does not move in
+that step: its gradient passes through the zero head), so the query logits are ProtoNet-like
+inner products, and the interference of a random non-zero head initialisation with the label
+permutation of each task is gone. Not in Finn et al.; used by ``configs/omniglot/fomaml-cpu.yaml``
+(measured there; see ``benchmarks/first_order_gap.py`` for how far first-order MAML's meta-gradient
+is from MAML's with and without it).
+
 Regression (sinusoid, Finn et al. 2017, §5.1; episodes with ``ways = 0``, so ``train.ways =
 eval.ways
 = 0``): the head has one output and the inner and outer losses are the mean squared error. Paper
@@ -96,6 +106,8 @@ class MAML(MetaLearner):
         )
         # tasks of a meta-batch: vmap | loop | auto (the faster, timed on the first batch)
         parallel: str = "auto"
+        # Kao et al. 2022's zeroing trick: the head starts every task at zero (not meta-learned)
+        zero_head: bool = False
 
     def __init__(self, options: MAML.Config, input_shape: tuple[int, ...], ways: int = 5) -> None:
         super().__init__(options, input_shape, ways)
@@ -119,6 +131,9 @@ class MAML(MetaLearner):
         self.auto = fn.AutoParallel()  # parallel: auto's measured choices
         self.task_loss = F.mse_loss if ways == 0 else F.cross_entropy  # inner and outer loss
         self.net = build_network(options.backbone, options.hidden, input_shape, ways)
+        if options.zero_head:  # the head's weights are never used (task() starts it at zero)
+            nn.init.zeros_(self.net.head.weight)
+            nn.init.zeros_(self.net.head.bias)
         # Meta-SGD: one learnable rate per adapted parameter entry (Li et al. 2017), same order as
         # _adapted().
         self.inner_lrs = nn.ParameterList(
@@ -153,7 +168,12 @@ class MAML(MetaLearner):
         """One task with the learner's ``params``: adapt on the support set, score the query set.
         (S, C, H, W), (S,), (M, C, H, W), (M,) → query loss (), query logits (M, N); regression:
         (S, 1), (S, 1), (M, 1), (M, 1) → query loss (), query values (M, 1)."""
-        o, net = self.options, fn.subset(params, "net")
+        o = self.options
+        if o.zero_head:  # Kao et al. 2022, §3.3: every task's inner loop starts from a zero head
+            # (v * 0 keeps the head in the graph: its meta-gradient is zero, not None)
+            zero = lambda k, v: v * 0 if k.startswith("net.head.") else v  # noqa: E731
+            params = {k: zero(k, v) for k, v in params.items()}
+        net = fn.subset(params, "net")
         # ANIL: the body is fixed within the task, so its features are computed once
         if o.adapt == "head":
             body = fn.subset(net, "backbone")
