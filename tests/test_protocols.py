@@ -1,19 +1,25 @@
 """Evaluation protocols: how ``metalab eval`` picks one, cross-domain evaluation on another dataset
 (a run trained on Omniglot scored on glyphs drawn here), its refusals, and the comparison plot."""
 
+import dataclasses
 import json
 import math
 import random
 from types import SimpleNamespace
 
 import pytest
+import torch
 from PIL import Image, ImageDraw
 
 from metalab.cli import main
 from metalab.config import parse_config
+from metalab.engine.build import load_learner
+from metalab.engine.ensemble import Ensemble
 from metalab.engine.trainer import train
 from metalab.protocols import PROTOCOLS, Evaluation, choose
 from metalab.protocols.compare import compare_runs, plot_report
+from metalab.tasks.episodes import EpisodeSampler
+from metalab.tasks.sources import load_split
 
 TINY = {"steps": 2, "ways": 5, "shots": 1, "queries": 1, "val_every": 0, "tensorboard": False}
 
@@ -67,6 +73,11 @@ def runs(data_dir, tmp_path_factory):
     )
     return SimpleNamespace(
         omniglot=train(omniglot, root / "omniglot", progress=False).run_dir,
+        omniglot_seed1=train(
+            dataclasses.replace(omniglot, train=dataclasses.replace(omniglot.train, seed=1)),
+            root / "omniglot-seed1",
+            progress=False,
+        ).run_dir,
         sinusoid=train(sinusoid, root / "sinusoid", progress=False).run_dir,
     )
 
@@ -210,3 +221,36 @@ def test_compare_runs_keeps_the_runs_own_data_without_a_dataset(runs, data_dir, 
         [runs.omniglot], None, tmp_path / "own", ways=(5,), shots=(1,), queries=2, episodes=3
     )
     assert report["dataset"] == "omniglot-vinyals-test"
+
+
+def test_an_ensemble_averages_its_members_class_probabilities(runs):
+    cpu = torch.device("cpu")
+    a, cfg, _ = load_learner(runs.omniglot, cpu)
+    b = load_learner(runs.omniglot_seed1, cpu)[0]
+    sampler = EpisodeSampler(load_split(cfg.data, "test"), 5, 1, 2, meta_batch=3)
+    episode = sampler.sample(torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got = Ensemble([a.eval(), b.eval()]).predict(episode)
+        pa, pb = a.predict(episode).softmax(-1), b.predict(episode).softmax(-1)
+        alone = Ensemble([a, a]).predict(episode)
+    assert torch.allclose(got.exp(), (pa + pb) / 2, atol=1e-6)
+    assert torch.allclose(alone, a.predict(episode).log_softmax(-1), atol=1e-5)
+
+
+def test_eval_ensemble_reports_its_members(runs, data_dir, capsys):
+    capsys.readouterr()
+    one, two = str(runs.omniglot), str(runs.omniglot_seed1)
+    argv = ["eval", one, "--device", "cpu", "--episodes", "4", "--data-dir", str(data_dir)]
+    assert main([*argv, "--json", "--ensemble", two]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert len(report["ensemble"]) == 2 and report["ensemble"][1].startswith(two)
+    assert 0 <= report["accuracy"] <= 100
+    assert main([*argv, "--ensemble", two]) == 0
+    assert "ensemble of 2 runs" in capsys.readouterr().out
+    # runs that read other inputs, and regression runs, are refused in one line
+    assert "must be trained on the same data" in one_error_line(
+        capsys, [*argv, "--ensemble", str(runs.sinusoid)]
+    )
+    assert "regression run" in one_error_line(
+        capsys, ["eval", str(runs.sinusoid), "--device", "cpu", "--ensemble", one]
+    )

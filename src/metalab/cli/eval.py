@@ -30,6 +30,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--episodes", type=int, help="number of fixed test episodes (default 1000)")
     p.add_argument("--seed", type=int, help="seed of the fixed episode set (default 0)")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.add_argument(
+        "--ensemble",
+        nargs="+",
+        metavar="RUN",
+        help="score RUN together with these runs: their class probabilities averaged",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     for protocol in PROTOCOLS:
@@ -44,11 +50,14 @@ def run(args: argparse.Namespace) -> int:
     ev = Evaluation.load(args.run, args)
     protocol = choose(PROTOCOLS, ev)
     report = protocol.run(ev)
+    if ev.members:
+        report["ensemble"] = ev.members
     from metalab.engine.distributed import current_world
 
     if not current_world().is_main:  # under torchrun, rank 0 alone records and prints
         return 0
     line = finite_json(report, f"the {protocol.name} evaluation of {args.run}")  # NaN: refused
     record_eval(report, ev.cfg, ev.__dict__.get("split"), command_line(), args.registry, ev.data)
-    print(line if args.json else protocol.text(report))
+    text = protocol.text(report) + (f" (ensemble of {len(ev.members)} runs)" if ev.members else "")
+    print(line if args.json else text)
     return 0

@@ -42,6 +42,8 @@ class Evaluation:
         settings: the run's ``eval:`` config with the command's overrides.
         options: the command's flags (``argparse.Namespace``); a protocol reads its own with
             ``getattr(options, name, None)``, so any object with attributes will do.
+        members: with ``--ensemble``, the checkpoints whose learners ``learner`` averages
+            (:class:`metalab.engine.ensemble.Ensemble`; the run's own first); else empty.
     """
 
     learner: MetaLearner
@@ -51,6 +53,7 @@ class Evaluation:
     data: DataConfig
     settings: EvalConfig
     options: Any = dataclasses.field(default_factory=argparse.Namespace)
+    members: list[str] = dataclasses.field(default_factory=list)
 
     @classmethod
     def load(cls, run: str | Path, options: Any) -> Evaluation:
@@ -63,12 +66,18 @@ class Evaluation:
         _, device = init_world(get("device", "auto"))  # torchrun: this rank's device
         learner, cfg, state = load_learner(run, device, get("checkpoint", "best"))
         check_finite(learner, state["path"])
+        members = []
+        if get("ensemble"):
+            from metalab.engine.ensemble import load_ensemble
+
+            which = get("checkpoint", "best")
+            learner, members = load_ensemble(learner, cfg, state, get("ensemble"), device, which)
         data = evaluation_data(cfg, state, get("dataset"), get("data_dir"))
         flags = {k: getattr(options, k, None) for k in EVAL_FLAGS}
         settings = dataclasses.replace(
             cfg.eval, **{k: v for k, v in flags.items() if v is not None}
         )
-        return cls(learner, cfg, state, device, data, settings, options)
+        return cls(learner, cfg, state, device, data, settings, options, members)
 
     @cached_property
     def split(self) -> Any:
