@@ -1,5 +1,5 @@
-"""``python -m metalab`` — the command line, e.g. under torchrun: ``torchrun -m metalab train
-...``."""
+"""``python -m metalab`` — the command line, e.g. under torchrun:
+``torchrun -m metalab train ...``."""
 
 import sys
 

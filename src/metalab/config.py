@@ -512,8 +512,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
 
 
 def apply_override(values: dict[str, Any], item: str) -> None:
-    """Set ``a.b.c=value`` in a nested mapping (the value is parsed as YAML: 3, 1e-3, true, [0,
-    90])."""
+    """Set ``a.b.c=value`` in a nested mapping (the value is parsed as YAML: 3, 1e-3, true,
+    [0, 90])."""
     if "=" not in item:
         raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set train.lr=0.001")
     key, raw = item.split("=", 1)

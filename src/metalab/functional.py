@@ -2,46 +2,41 @@
 the tasks of a meta-batch computed in parallel (``vmap``) or one after another (the reference loop).
 
 Works on any unmodified ``nn.Module``: parameters are a ``dict[str, Tensor]`` (the module's own
-names)
-and the module is run with :func:`torch.func.functional_call`; nothing inside the module is mutated.
+names) and the module is run with :func:`torch.func.functional_call`; nothing inside the module is
+mutated.
 
     params = parameters(net)                                   # the meta-parameters θ, live
     loss = lambda p: F.cross_entropy(call(net, p, sx), sy)     # a pure function of the parameters
-    fast_params = sgd(loss, params, lr=0.4, steps=1)           # θ' = θ − α ∇L(θ), differentiable in
-    θ, α
+    fast_params = sgd(loss, params, lr=0.4, steps=1)           # θ' = θ − α ∇L(θ),
+                                                               # differentiable in θ, α
 
 Inner-loop gradients (Finn et al. 2017, eq. 1, with per-parameter rates as in Meta-SGD, Li et al.
-2017):
-``θ_{i+1} = θ_i − α_i ⊙ ∇_θ L_support(θ_i)``; second order by default, ``first_order=True`` treats
-``∇L`` as a constant (first-order MAML). ``α_i`` may be a float, one tensor per parameter
-(learnable:
-Meta-SGD) and may differ per step (a sequence with one entry per step).
+2017): ``θ_{i+1} = θ_i − α_i ⊙ ∇_θ L_support(θ_i)``; second order by default, ``first_order=True``
+treats ``∇L`` as a constant (first-order MAML). ``α_i`` may be a float, one tensor per parameter
+(learnable: Meta-SGD) and may differ per step (a sequence with one entry per step).
 
 Two implementations of a meta-batch, equal to float64 round-off (tests/test_functional.py):
 
-- :func:`vmap_tasks`: ``vmap`` over the task axis of a per-task function ``task_fn(grad_fn, params,
-  *task)``. The per-task meta-gradient is computed *inside* the vmap too, ``vmap(grad(task))``, and
-  handed to ``loss.backward()`` through a surrogate loss. On torch 2.13 both ``grad(vmap(...))`` and
-  plain autograd backward through ``vmap`` get second-order meta-gradients through BatchNorm wrong
-  (a few
-  percent to ~11% relative error in float64, checked against finite differences), while
-  ``vmap(grad(...))`` is exact; first-order and head-only (ANIL) meta-gradients are unaffected.
+- :func:`vmap_tasks`: ``vmap`` over the task axis of a per-task function
+  ``task_fn(grad_fn, params, *task)``. The per-task meta-gradient is computed *inside* the vmap too,
+  ``vmap(grad(task))``, and handed to ``loss.backward()`` through a surrogate loss. On torch 2.13
+  both ``grad(vmap(...))`` and plain autograd backward through ``vmap`` get second-order
+  meta-gradients through BatchNorm wrong (a few percent to ~11% relative error in float64, checked
+  against finite differences), while ``vmap(grad(...))`` is exact; first-order and head-only (ANIL)
+  meta-gradients are unaffected.
 - :func:`loop_tasks`: the reference, one task after another with
-``torch.autograd.grad(create_graph=...)``
-  (clone, adapt, query loss: how learn2learn computes it).
+  ``torch.autograd.grad(create_graph=...)`` (clone, adapt, query loss: how learn2learn computes it).
 
 BatchNorm: as in MAML (Finn et al. 2017, §5.2, and their code), normalise with the statistics of the
 batch being processed — the support set in the inner loop and the whole query set after it
 (transductive). Build such networks with ``track_running_stats=False``: then BatchNorm holds no
-running
-statistics, nothing is written in place under ``vmap`` (the torch.func docs forbid it), and train
-and
-eval modes behave the same.
+running statistics, nothing is written in place under ``vmap`` (the torch.func docs forbid it), and
+train and eval modes behave the same.
 
 ``call`` always passes ``tie_weights=False``: the default re-ties the parameters of a submodule
 registered twice, which was reported to corrupt such modules on torch 2.13. :func:`parameters` keeps
-one name per tensor
-(``named_parameters`` deduplicates), which is what ``tie_weights=False`` needs to stay correct.
+one name per tensor (``named_parameters`` deduplicates), which is what ``tie_weights=False`` needs
+to stay correct.
 """
 
 from __future__ import annotations
@@ -93,16 +88,14 @@ def lr_at(lr: LR, name: str, step: int) -> float | Tensor:
 
 def func_grad(loss: Callable[[Params], Tensor], params: Params, first_order: bool) -> Params:
     """Gradients with ``torch.func.grad``: works inside ``vmap`` and under an outer ``no_grad``;
-    stays
-    differentiable w.r.t. whatever ``params`` depend on unless ``first_order``."""
+    stays differentiable w.r.t. whatever ``params`` depend on unless ``first_order``."""
     grads = torch.func.grad(loss)(params)
     return {k: g.detach() for k, g in grads.items()} if first_order else grads
 
 
 def autograd_grad(loss: Callable[[Params], Tensor], params: Params, first_order: bool) -> Params:
     """Gradients with ``torch.autograd.grad(create_graph=...)``: the per-task reference. Under an
-    outer
-    ``no_grad`` (evaluation) it still adapts, building no graph to the meta-parameters."""
+    outer ``no_grad`` (evaluation) it still adapts, building no graph to the meta-parameters."""
     track = torch.is_grad_enabled()
     with torch.enable_grad():
         xs = {k: p if p.requires_grad else p.detach().requires_grad_() for k, p in params.items()}
@@ -121,8 +114,7 @@ def sgd(
     grad_fn: GradFn = func_grad,
 ) -> Params:
     """``steps`` differentiable SGD steps ``θ_{i+1} = θ_i − α_i ⊙ ∇L(θ_i)`` (Finn et al. 2017, eq.
-    1;
-    Li et al. 2017, eq. 3 for per-parameter α). Returns the fast parameters (same keys)."""
+    1; Li et al. 2017, eq. 3 for per-parameter α). Returns the fast parameters (same keys)."""
     for i in range(steps):
         grads = grad_fn(loss, params, first_order)
         params = {k: p - lr_at(lr, k, i) * grads[k] for k, p in params.items()}
@@ -146,13 +138,12 @@ def surrogate(value: Tensor, params: Params, grads: Params) -> Tensor:
 def vmap_tasks(task_fn: TaskFn, params: Params, *tasks: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """All tasks at once: ``task_fn(func_grad, params, *task_i)`` vmapped over dim 0 of ``tasks``.
 
-    Returns ``(loss, losses, outputs)``: the mean query loss, per-task losses (B,) and outputs (B,
-    ...).
-    When gradients are enabled the per-task meta-gradients are computed inside the vmap
+    Returns ``(loss, losses, outputs)``: the mean query loss, per-task losses (B,) and outputs
+    (B, ...). When gradients are enabled the per-task meta-gradients are computed inside the vmap
     (``vmap(grad(task))``, exact) and ``loss`` is a :func:`surrogate` that hands their mean to
     ``loss.backward()``. Autograd backward *through* the vmap, like ``grad(vmap(...))``, is not
-    used: on
-    torch 2.13 it gets second-order meta-gradients through BatchNorm wrong by a few percent.
+    used: on torch 2.13 it gets second-order meta-gradients through BatchNorm wrong by a few
+    percent.
     """
     train = torch.is_grad_enabled() and any(p.requires_grad for p in params.values())
     if not train:
@@ -173,8 +164,7 @@ def vmap_tasks(task_fn: TaskFn, params: Params, *tasks: Tensor) -> tuple[Tensor,
 
 def loop_tasks(task_fn: TaskFn, params: Params, *tasks: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """The reference: ``task_fn(autograd_grad, params, *task_i)`` one task after another (clone,
-    adapt,
-    query loss), meta-gradients by plain autograd. Returns ``(loss, losses, outputs)`` as
+    adapt, query loss), meta-gradients by plain autograd. Returns ``(loss, losses, outputs)`` as
     :func:`vmap_tasks`."""
     outs = [
         task_fn(autograd_grad, params, *(t[i] for t in tasks)) for i in range(tasks[0].shape[0])
@@ -199,20 +189,17 @@ class AutoParallel:
     shape.
 
     Which one wins depends on the device, the network, the shapes and the thread count (on a 2-core
-    CPU
-    ``metalab bench`` measured the loop 2.3× faster with 15 queries and even with 1), so nothing is
-    assumed:
-    the first time :meth:`choose` sees a signature ``key`` it runs ``trial(impl)`` for each
-    implementation
-    twice — a warm-up, then timed — and keeps the faster for every later call with that key. A trial
-    that
-    runs out of memory counts as infinitely slow. Both implementations agree to round-off, so the
-    choice
-    changes speed, not results; bit-identical reruns across machines need an explicit ``parallel``.
+    CPU ``metalab bench`` measured the loop 2.3× faster with 15 queries and even with 1), so nothing
+    is assumed: the first time :meth:`choose` sees a signature ``key`` it runs ``trial(impl)`` for
+    each implementation twice — a warm-up, then timed — and keeps the faster for every later call
+    with that key. A trial that runs out of memory counts as infinitely slow. Both implementations
+    agree to round-off, so the choice changes speed, not results; bit-identical reruns across
+    machines need an explicit ``parallel``.
 
         auto = AutoParallel()
-        impl = auto.choose(("train", x.shape), lambda impl: run_tasks(task, params, x,
-        parallel=impl), x.device)
+        impl = auto.choose(
+            ("train", x.shape), lambda impl: run_tasks(task, params, x, parallel=impl), x.device
+        )
     """
 
     IMPLEMENTATIONS = ("vmap", "loop")
@@ -232,8 +219,7 @@ class AutoParallel:
         self, task_fn: TaskFn, params: Params, *tasks: Tensor, key: Hashable = ()
     ) -> tuple[Tensor, Tensor, Tensor]:
         """:func:`run_tasks` with the faster implementation for these shapes (``key``: anything else
-        the
-        cost depends on, e.g. the number of inner steps). Trials include the backward pass when
+        the cost depends on, e.g. the number of inner steps). Trials include the backward pass when
         training."""
 
         def trial(impl: str) -> None:

@@ -33,8 +33,8 @@ def cosine_similarity(query: Tensor, support: Tensor, eps: float = 1e-8) -> Tens
 
 
 def class_sums(support: Tensor, labels: Tensor, ways: int) -> Tensor:
-    """Sum of each class's support items of any trailing shape: (B, S, ...), (B, S) → (B, N,
-    ...)."""
+    """Sum of each class's support items of any trailing shape: (B, S, ...), (B, S) →
+    (B, N, ...)."""
     one_hot = F.one_hot(labels, ways).to(support.dtype)  # (B, S, N)
     return (one_hot.transpose(1, 2) @ support.flatten(2)).unflatten(2, support.shape[2:])
 

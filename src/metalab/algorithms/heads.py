@@ -35,9 +35,8 @@ def logistic_regression(
     z: Tensor, y: Tensor, ways: int, c: float = 1.0, steps: int = 100
 ) -> dict[str, Tensor]:
     """Multinomial logistic regression of one task (Tian et al. 2020; scikit-learn's objective and
-    solver):
-    minimise ``Σ_i CE(W z_i + b, y_i) + ||W||² / (2c)`` with L-BFGS from zero. (S, D), (S,) → weight
-    (N, D), bias (N,)."""
+    solver): minimise ``Σ_i CE(W z_i + b, y_i) + ||W||² / (2c)`` with L-BFGS from zero. (S, D), (S,)
+    → weight (N, D), bias (N,)."""
     z64 = z.detach().double()
     w = torch.zeros(ways, z.shape[-1], dtype=torch.float64, device=z.device, requires_grad=True)
     b = torch.zeros(ways, dtype=torch.float64, device=z.device, requires_grad=True)

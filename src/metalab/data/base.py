@@ -34,14 +34,14 @@ class Preprocess:
 
 @dataclass
 class ClassIndexedDataset:
-    """Images of many classes in one tensor, class c occupying ``images[offsets[c] : offsets[c] +
-    counts[c]]``.
+    """Images of many classes in one tensor, class c occupying
+    ``images[offsets[c] : offsets[c] + counts[c]]``.
 
     Shapes:
         images: (total, channels, H, W) uint8.
         offsets, counts: (classes,) int64.
         groups: (classes,) int64 group id per class (Omniglot: the alphabet), for within-group
-        episodes.
+            episodes.
     """
 
     name: str

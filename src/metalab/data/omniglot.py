@@ -10,13 +10,12 @@ zip is preferred to its folder when both exist. Each source is decoded once (105
 
 Schemes (see :data:`SCHEMES`):
     vinyals: the few-shot split of Vinyals et al. (2016) as shipped by the Prototypical Networks
-    code
-        (Snell et al., 2017): 1028 / 172 / 423 characters for train / val / test, by alphabet except
-        Gurmukhi, whose characters 1-41 are train and 42-45 test; each character at rotations 0, 90,
-        180 and 270 degrees is 4 classes. trainval = train + val.
+        code (Snell et al., 2017): 1028 / 172 / 423 characters for train / val / test, by alphabet
+        except Gurmukhi, whose characters 1-41 are train and 42-45 test; each character at
+        rotations 0, 90, 180 and 270 degrees is 4 classes. trainval = train + val.
     lake: Lake et al.'s background set (train) and evaluation set (test), no rotations.
     lake-small1, lake-small2: the minimal 5-alphabet background sets (train) and the evaluation set
-    (test).
+        (test).
 
 Rotations are applied to the decoded images with ``torch.rot90`` over (H, W): 90 degrees turns an
 image counter-clockwise, as PIL's ``Image.rotate(90)`` does.
@@ -163,7 +162,7 @@ def load_omniglot(
         scheme, split: see :data:`SCHEMES`.
         image_size: side of the square images.
         rotations: degrees, each a class of its own (default (0, 90, 180, 270) for vinyals, else
-        (0,)).
+            (0,)).
         cache_dir: decoded-image cache (default $METALAB_CACHE or ~/.cache/metalab).
         download: fetch the missing official zips from GitHub first.
 
@@ -213,8 +212,7 @@ def omniglot_info(data_dir: Path, scheme: str = "vinyals", *, download: bool = F
     sources found.
 
     A split whose source file is missing is reported as ``{"missing": [file names]}`` (unless
-    `download`
-    fetches it first). Nothing is decoded: the zips' listings suffice.
+    `download` fetches it first). Nothing is decoded: the zips' listings suffice.
     """
     _check_scheme(scheme)
     if download:

@@ -12,9 +12,9 @@ config, seed, world size, hardware, torch and metalab versions, commit, command,
 wall time and the validation curve (table ``curve``, written as training goes, so a run that dies
 keeps its curve so far and shows as unfinished).
 
-Concurrency: SQLite writers take the database lock at the start of each transaction (``BEGIN
-IMMEDIATE``) and wait up to a minute for it, so several processes (tuning workers, torchrun ranks)
-writing at once lose nothing (tested with concurrent processes). Schema: versioned in table
+Concurrency: SQLite writers take the database lock at the start of each transaction
+(``BEGIN IMMEDIATE``) and wait up to a minute for it, so several processes (tuning workers, torchrun
+ranks) writing at once lose nothing (tested with concurrent processes). Schema: versioned in table
 ``meta``; opening an older registry upgrades it in place (``MIGRATIONS``), a newer one is refused
 with a message.
 """

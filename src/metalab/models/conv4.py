@@ -17,8 +17,7 @@ def conv_block(
     """conv 3×3 (padding 1) → BatchNorm → ReLU → max-pool 2×2.
 
     ``track_running_stats=False`` makes BatchNorm always normalise with the batch's own statistics
-    and
-    hold no buffers, as MAML does (Finn et al. 2017, transductive batch statistics).
+    and hold no buffers, as MAML does (Finn et al. 2017, transductive batch statistics).
     """
     layers: list[nn.Module] = [
         nn.Conv2d(in_channels, out_channels, 3, padding=1),

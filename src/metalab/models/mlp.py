@@ -2,9 +2,8 @@
 
 ``depth`` hidden layers of ``hidden`` units, each Linear → ReLU, on inputs flattened to vectors of
 ``in_channels`` features. With the default ``hidden = 40, depth = 2`` and a 1-output linear head
-(added
-by the algorithm, as for every backbone) it is the paper's 1-40-40-1 ReLU network. No BatchNorm, so
-``track_running_stats`` (accepted for interchangeability with Conv-4) changes nothing.
+(added by the algorithm, as for every backbone) it is the paper's 1-40-40-1 ReLU network. No
+BatchNorm, so ``track_running_stats`` (accepted for interchangeability with Conv-4) changes nothing.
 """
 
 from __future__ import annotations

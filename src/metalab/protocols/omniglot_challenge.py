@@ -9,11 +9,12 @@ et al. 2015) 8.0%, a simple ConvNet 13.5%; trained on a minimal background set o
 
 Two evaluation modes:
 
-- :func:`evaluate_challenge` reads the official runs (``python/one-shot-classification/
-  all_runs.zip`` of github.com/brendenlake/omniglot, the zip itself or unzipped): folders
-  ``run01/`` … ``run20/``, each with ``class_labels.txt`` whose lines pair a test image with its
-  true training image, e.g. ``run01/test/item01.png run01/training/class08.png`` (paths relative to
-  the folder holding the runs).
+- :func:`evaluate_challenge` reads the official runs
+  (``python/one-shot-classification/all_runs.zip`` of github.com/brendenlake/omniglot, the zip
+  itself or unzipped): folders ``run01/`` … ``run20/``, each with ``class_labels.txt`` whose lines
+  pair a test image with its true training image, e.g.
+  ``run01/test/item01.png run01/training/class08.png`` (paths relative to the folder holding the
+  runs).
 - :func:`evaluate_within_alphabet` samples fixed 20-way 1-shot episodes (one query per class)
   within one alphabet of the evaluation set (``data.scheme: lake``, split ``test``,
   ``within_group``) — the same kind of task in any number, with a confidence interval. Unlike the

@@ -10,8 +10,9 @@ steps on K support points (``learner.predict(episode, steps=k)``). The task sets
 tasks, and the K = 5, 10, 20 sets share their sinusoids (see :mod:`metalab.tasks.sinusoid`).
 
 The baseline is the network "pretrained on all tasks" (algorithm ``pretrain``,
-configs/sinusoid/pretrained.yaml), a run of its own: ``metalab eval MAML_RUN --baseline
-PRETRAINED_RUN``. :class:`Regression` is the protocol ``metalab eval`` picks for a regression run.
+configs/sinusoid/pretrained.yaml), a run of its own:
+``metalab eval MAML_RUN --baseline PRETRAINED_RUN``. :class:`Regression` is the protocol
+``metalab eval`` picks for a regression run.
 """
 
 from __future__ import annotations
@@ -71,10 +72,8 @@ def example_fits(
     points: int = 200,
 ) -> list[dict[str, Any]]:
     """Fits on a fixed set of ``tasks`` K-shot tasks (a function of split, K, count and seed): the
-    true
-    function and each model's prediction on a grid of x after the given step counts (the baseline
-    after
-    the last one only)."""
+    true function and each model's prediction on a grid of x after the given step counts (the
+    baseline after the last one only)."""
     fixed = fixed_episodes(source, 0, shots, 1, tasks, seed)
     lo, hi = source.x_range
     grid = torch.linspace(lo, hi, points).view(1, points, 1).expand(tasks, points, 1)
@@ -119,8 +118,7 @@ def plot_regression(
     title: str = "sinusoid regression",
 ) -> Path:
     """A PNG: MSE against inner steps for each K (shaded 95% intervals; the baseline dashed), then
-    one
-    panel per example fit. Drawn with matplotlib's Agg canvas (no display, no global backend
+    one panel per example fit. Drawn with matplotlib's Agg canvas (no display, no global backend
     change)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -176,10 +174,8 @@ def regression_report(
     shots: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """What ``metalab eval`` adds for a regression run: the curve (MSE and 95% interval by step
-    0..10 for
-    each K), the baseline's curve on the same tasks (or None), and the PNG plot's path. ``e`` is the
-    run's
-    evaluation config (queries, episodes, seed, batch)."""
+    0..10 for each K), the baseline's curve on the same tasks (or None), and the PNG plot's path.
+    ``e`` is the run's evaluation config (queries, episodes, seed, batch)."""
     shots_list = tuple(shots or SHOTS)
     options = dict(queries=e.queries, count=e.episodes, seed=e.seed, batch=e.batch)
     curve = regression_curve(learner, source, shots_list, **options)

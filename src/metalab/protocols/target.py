@@ -1,9 +1,10 @@
 """The data a trained run is evaluated on: its own dataset, or another one (cross-domain few-shot).
 
-A learner trained on Omniglot can be scored on a user's own glyphs (``--dataset folder --data-dir
-DIR``): the other dataset's images are decoded as the run's were (its checkpoint's ``preprocess``:
-image size, channels, inversion), and a dataset whose inputs cannot fit the run (a regression run on
-images, RGB images for a grayscale run) is refused before anything is loaded.
+A learner trained on Omniglot can be scored on a user's own glyphs
+(``--dataset folder --data-dir DIR``): the other dataset's images are decoded as the run's were (its
+checkpoint's ``preprocess``: image size, channels, inversion), and a dataset whose inputs cannot fit
+the run (a regression run on images, RGB images for a grayscale run) is refused before anything is
+loaded.
 
     data = evaluation_data(cfg, state, dataset="folder", data_dir="my-glyphs")
     split = load_split(data, "test")

@@ -221,8 +221,8 @@ def episode_sampler(
     meta_batch: int = 1,
     within_group: bool = False,
 ) -> Any:
-    """Training episode batches from any task source (an object with ``sample(generator) ->
-    Episode``)."""
+    """Training episode batches from any task source (an object with
+    ``sample(generator) -> Episode``)."""
     if isinstance(source, ClassIndexedDataset):
         return EpisodeSampler(source, ways, shots, queries, meta_batch, within_group)
     return source.episode_sampler(ways, shots, queries, meta_batch, within_group)
@@ -238,8 +238,8 @@ def fixed_episodes(
     within_group: bool = False,
 ) -> Any:
     """A fixed evaluation set from any task source (``batches(batch_size)``, ``len``): a pure
-    function of
-    (split, ways, shots, queries, count, seed), the same for every algorithm and device."""
+    function of (split, ways, shots, queries, count, seed), the same for every algorithm and
+    device."""
     if isinstance(source, ClassIndexedDataset):
         return FixedEpisodes(source, ways, shots, queries, count, seed, within_group)
     return source.fixed_episodes(ways, shots, queries, count, seed, within_group)
@@ -253,6 +253,6 @@ def input_shape(source: Any) -> tuple[int, ...]:
 
 
 def is_regression(source: Any) -> bool:
-    """Whether the source's tasks are regression tasks (float targets, episodes with ``ways =
-    0``)."""
+    """Whether the source's tasks are regression tasks (float targets, episodes with
+    ``ways = 0``)."""
     return bool(getattr(source, "regression", False))

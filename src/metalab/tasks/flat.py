@@ -3,17 +3,15 @@ split.
 
 Transfer baselines pre-train a classifier over every training class (Chen et al. 2019, §3.1) rather
 than on episodes; their ``train_sampler`` returns a :class:`FlatBatchSampler`, so pre-training runs
-through the
-same engine (checkpoints, logs, resume) as every meta-learner::
+through the same engine (checkpoints, logs, resume) as every meta-learner::
 
     sampler = FlatBatchSampler(train_split, batch_size=16)
-    batch = sampler.sample(generator)      # FlatBatch: x (16, C, H, W) float in [0, 1], y (16,)
-    class ids
+    batch = sampler.sample(generator)      # FlatBatch: x (16, C, H, W) float in [0, 1],
+                                           # y (16,) class ids
 
 Each batch draws its images uniformly at random (with replacement across batches) with the explicit
-CPU
-generator, rather than walking through shuffled epochs: the sampler then holds no state besides the
-generator, which the trainer checkpoints, so a resumed run draws the same batches as one never
+CPU generator, rather than walking through shuffled epochs: the sampler then holds no state besides
+the generator, which the trainer checkpoints, so a resumed run draws the same batches as one never
 stopped. Images are gathered on the dataset's own device in one indexing operation.
 """
 

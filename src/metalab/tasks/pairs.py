@@ -3,8 +3,9 @@
 A :class:`PairBatch` of P pairs is balanced: the first P/2 pairs show two different images of one
 class (``same = 1``), the last P/2 images of two different classes (``same = 0``). Like the episode
 sampler, :class:`PairSampler` draws only indices, with an explicit CPU ``torch.Generator``, and
-gathers the images on the dataset's device as floats in [0, 1]; an optional ``transform(images,
-generator)`` (e.g. random affine distortions) is applied to each side of the batch.
+gathers the images on the dataset's device as floats in [0, 1]; an optional
+``transform(images, generator)`` (e.g. random affine distortions) is applied to each side of the
+batch.
 """
 
 from __future__ import annotations

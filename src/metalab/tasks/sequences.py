@@ -74,9 +74,8 @@ class SequenceBatch:
 @dataclass
 class SequenceIndices:
     """What defines a batch of sequences, all on the CPU: class ids (B, N) with label 0..N-1 in
-    their
-    order, image indices (B, N, I), and the step order (B, T): step t shows flat item order[t] = n·I
-    + i."""
+    their order, image indices (B, N, I), and the step order (B, T): step t shows flat item
+    order[t] = n·I + i."""
 
     classes: Tensor
     index: Tensor
@@ -94,8 +93,7 @@ class SequenceIndices:
 
 def string_label_space(n: int, length: int, alphabet: int) -> int:
     """How many strings of ``length`` characters over ``alphabet`` symbols there are; raises
-    DataError if
-    they cannot name n classes distinctly or do not fit in 64-bit codes."""
+    DataError if they cannot name n classes distinctly or do not fit in 64-bit codes."""
     space = alphabet**length
     if space < n:
         raise DataError(
@@ -113,8 +111,8 @@ def string_label_space(n: int, length: int, alphabet: int) -> int:
 def random_strings(
     n: int, length: int, alphabet: int, generator: torch.Generator, tasks: int = 1
 ) -> Tensor:
-    """``tasks`` sets of n distinct strings of ``length`` characters in 0..alphabet-1: (tasks, n,
-    length)."""
+    """``tasks`` sets of n distinct strings of ``length`` characters in 0..alphabet-1:
+    (tasks, n, length)."""
     space = string_label_space(n, length, alphabet)
     if space <= 4096:  # a random permutation of every code: always distinct
         codes = torch.rand(tasks, space, generator=generator).argsort(dim=1)[:, :n]  # (tasks, n)
@@ -209,8 +207,7 @@ class SequenceSampler:
 
 class FixedSequences:
     """A fixed evaluation set of ``count`` sequences drawn once from ``seed`` (CPU indices, one
-    call),
-    so it depends neither on the batch size used to evaluate it nor on the device."""
+    call), so it depends neither on the batch size used to evaluate it nor on the device."""
 
     def __init__(
         self,
@@ -261,8 +258,8 @@ def support_order(episode: Episode, generator: torch.Generator | None = None) ->
 
 class ShuffledSupportSampler:
     """N-way K-shot episodes (an :class:`EpisodeSampler`) whose support sets are in a random order
-    per
-    task, drawn from the same generator: training batches for sequence learners such as SNAIL."""
+    per task, drawn from the same generator: training batches for sequence learners such as
+    SNAIL."""
 
     def __init__(self, episodes: EpisodeSampler) -> None:
         self.episodes = episodes

@@ -2,8 +2,7 @@
 
 A task is ``y = A · sin(x − φ)`` with amplitude ``A ~ U[0.1, 5]`` and phase ``φ ~ U[0, π]``; its
 points have ``x ~ U[−5, 5]`` (the authors' code: ``amplitude * np.sin(inputs - phase)``). An episode
-batch of
-B tasks has the usual layout, with float targets and no ways::
+batch of B tasks has the usual layout, with float targets and no ways::
 
     support_x (B, K, 1)   support_y (B, K, 1)   float32
     query_x   (B, Q, 1)   query_y   (B, Q, 1)

@@ -15,8 +15,7 @@ bench 15.3 GB instead of 12.4 GB (``/usr/bin/time -v``, once each, not kept as a
 The command line (``metalab ...``) does this at start on Linux with glibc; set
 ``METALAB_SYSTEM_MALLOC=1`` to leave the C library's defaults alone. A program that uses metalab as
 a library can call :func:`keep_freed_memory` itself. Other platforms and C libraries are left
-unchanged.
-The same effect without code:
+unchanged. The same effect without code:
 ``GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647``.
 """
 

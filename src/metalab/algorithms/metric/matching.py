@@ -40,14 +40,14 @@ from metalab.tasks.episodes import Episode
 
 
 def attention(query: Tensor, support: Tensor, scale: float = 1.0) -> Tensor:
-    """Eq. (2): softmax over the support of scaled cosine similarities. (B, M, D), (B, S, D) → (B,
-    M, S)."""
+    """Eq. (2): softmax over the support of scaled cosine similarities. (B, M, D), (B, S, D) →
+    (B, M, S)."""
     return (scale * cosine_similarity(query, support)).softmax(-1)
 
 
 def attention_log_probs(scores: Tensor, labels: Tensor, ways: int) -> Tensor:
-    """Eq. (1) on a log scale: log Σ_{i: y_i = n} softmax(scores)_i. (B, M, S), (B, S) → (B, M,
-    N)."""
+    """Eq. (1) on a log scale: log Σ_{i: y_i = n} softmax(scores)_i. (B, M, S), (B, S) →
+    (B, M, N)."""
     return per_class(scores, labels, ways, "logsumexp") - scores.logsumexp(-1, keepdim=True)
 
 
@@ -69,8 +69,8 @@ class FullContextEmbedding(nn.Module):
         return forward + backward + g
 
     def query(self, f: Tensor, g: Tensor) -> Tensor:
-        """f(x̂, S) = h_K of the attention LSTM: (B, M, D), (B, S, D) context-embedded support → (B,
-        M, D)."""
+        """f(x̂, S) = h_K of the attention LSTM: (B, M, D), (B, S, D) context-embedded support →
+        (B, M, D)."""
         b, m, d = f.shape
         flat = f.reshape(b * m, d)
         h, c = f, torch.zeros_like(flat)  # h_0 = ĥ_0 + f' with ĥ_0 = 0

@@ -9,8 +9,8 @@ Paper defaults (Omniglot): Conv-4 with 64 filters, Adam with learning rate 1e-3 
 episodes, 60-way training episodes with 5 queries per class, and the test shot used for training.
 Options: ``distance: cosine`` scores by scaled cosine similarity (``cosine_scale``·cos) instead.
 Deviation: the paper stops early on validation loss; metalab keeps the best checkpoint by validation
-accuracy on a fixed validation set and trains the configured number of steps.
-Support and query are embedded in one pass, as in the authors' code (BatchNorm sees both).
+accuracy on a fixed validation set and trains the configured number of steps. Support and query are
+embedded in one pass, as in the authors' code (BatchNorm sees both).
 """
 
 from __future__ import annotations

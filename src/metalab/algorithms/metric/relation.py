@@ -1,8 +1,7 @@
 """Relation Networks (Sung, Yang, Zhang, Xiang, Torr & Hospedales, CVPR 2018).
 
-An embedding module f_φ maps images to feature maps; a relation module g_φ scores each (class,
-query)
-pair from their depth-wise concatenation C(·, ·) (eq. 1):
+An embedding module f_φ maps images to feature maps; a relation module g_φ scores each
+(class, query) pair from their depth-wise concatenation C(·, ·) (eq. 1):
 ``r_{i,j} = g_φ(C(f_φ(x_i), f_φ(x_j)))``, a relation score in [0, 1] (a sigmoid). For K-shot, the
 class's feature map is the element-wise sum of the embeddings of its K support examples. Training
 regresses the scores on the one-hot match with mean squared error (eq. 2):
@@ -10,15 +9,11 @@ regresses the scores on the one-hot match with mean squared error (eq. 2):
 returns the relation module's pre-sigmoid output (B, N*Q, N), the logit of r (the same ranking).
 
 Architecture (Omniglot, Fig. 2): the embedding module is four blocks of 3×3 convolution (64
-filters),
-BatchNorm and ReLU, the first two followed by 2×2 max-pooling; the relation module is two such
-blocks,
-both pooled, over the 128-channel concatenation [class, query], then fully connected layers of 8
-units
-(ReLU) and 1 unit (sigmoid). Paper defaults: Adam 1e-3 halved every 100,000 episodes; training
-episodes of the test's ways and shots with 19 / 15 / 10 / 5 queries per class for 5w1s / 5w5s /
-20w1s /
-20w5s. Paper (Table 1): 99.6 / 99.8 / 97.6 / 99.1.
+filters), BatchNorm and ReLU, the first two followed by 2×2 max-pooling; the relation module is two
+such blocks, both pooled, over the 128-channel concatenation [class, query], then fully connected
+layers of 8 units (ReLU) and 1 unit (sigmoid). Paper defaults: Adam 1e-3 halved every 100,000
+episodes; training episodes of the test's ways and shots with 19 / 15 / 10 / 5 queries per class for
+5w1s / 5w5s / 20w1s / 20w5s. Paper (Table 1): 99.6 / 99.8 / 97.6 / 99.1.
 
 Deviations: the blocks are metalab's ``conv_block``, which pads every convolution by 1 (the authors'
 code leaves the first two unpadded): a 28×28 image gives 64×7×7 feature maps instead of 64×5×5, and
@@ -133,8 +128,8 @@ class RelationNet(MetaLearner):
         self.relation = RelationModule(feature_shape, h, options.fc_hidden)
 
     def embed(self, x: Tensor) -> Tensor:
-        """(B, M, C, H, W) → (B, M, hidden, h, w) feature maps; vectors (B, M, dim) → (B, M,
-        hidden)."""
+        """(B, M, C, H, W) → (B, M, hidden, h, w) feature maps; vectors (B, M, dim) →
+        (B, M, hidden)."""
         return self.encoder(x.flatten(0, 1)).unflatten(0, x.shape[:2])
 
     def logits(self, episode: Episode) -> Tensor:

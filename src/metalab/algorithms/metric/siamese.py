@@ -2,37 +2,31 @@
 Workshop 2015).
 
 Twin networks with shared weights map two images to feature vectors h1, h2 (a sigmoid fully
-connected
-layer); the probability that they show the same class is a sigmoid of the weighted L1 distance,
-``p = σ(Σ_j α_j |h1_j − h2_j|)`` (plus a bias). Training is verification: balanced same/different
-pairs of the training classes (:class:`~metalab.tasks.pairs.PairSampler`) and binary cross-entropy.
-N-way one-shot classification picks the support image most similar to the query, ``argmax_c p(x̂,
-x_c)``;
-for K shots the class score is the mean or the max of p over its support images (``shot_reduce``).
-``predict`` returns the logit of that class score (B, N*Q, N).
+connected layer); the probability that they show the same class is a sigmoid of the weighted L1
+distance, ``p = σ(Σ_j α_j |h1_j − h2_j|)`` (plus a bias). Training is verification: balanced
+same/different pairs of the training classes (:class:`~metalab.tasks.pairs.PairSampler`) and binary
+cross-entropy. N-way one-shot classification picks the support image most similar to the query,
+``argmax_c p(x̂, x_c)``; for K shots the class score is the mean or the max of p over its support
+images (``shot_reduce``). ``predict`` returns the logit of that class score (B, N*Q, N).
 
-Affine distortions (``distort: true``): each image of a pair gets its own random affine map
-with rotation θ ∈ [−10°, 10°], shear ρ ∈ [−0.3, 0.3], scale s ∈ [0.8, 1.2] and translation t ∈ ±2 px
-of a 105-pixel image (±2/105 of the side at any size), each component present with probability 1/2;
-drawn from the sampler's generator and applied with ``affine_grid`` / ``grid_sample`` (the map is
-used
-as the sampling grid's inverse transform; the ranges are roughly symmetric about the identity).
+Affine distortions (``distort: true``): each image of a pair gets its own random affine map with
+rotation θ ∈ [−10°, 10°], shear ρ ∈ [−0.3, 0.3], scale s ∈ [0.8, 1.2] and translation t ∈ ±2 px of a
+105-pixel image (±2/105 of the side at any size), each component present with probability 1/2; drawn
+from the sampler's generator and applied with ``affine_grid`` / ``grid_sample`` (the map is used as
+the sampling grid's inverse transform; the ranges are roughly symmetric about the identity).
 
 Architecture: ``backbone: koch`` is the paper's net for 105×105 images (Fig. 4: conv 64@10×10,
 128@7×7, 128@4×4, 256@4×4 with ReLU, max-pooling after the first three, then 4096 sigmoid units).
 Deviations: the default ``backbone: conv4`` (Conv-4, then ``features`` sigmoid units) suits
-metalab's
-28×28 Omniglot; the paper's per-layer learning rates, momenta and L2 weights (tuned by Bayesian
-optimisation), its weight initialisation and its fixed set of pre-distorted pairs are replaced by
-one
-SGD-with-momentum optimizer, PyTorch's default initialisation and pairs drawn afresh every step. Use
-SGD, as the paper does: with Adam, whose steps are normalised per weight, about half of the 4096 α_j
-end up positive (a larger difference raising p) and one-shot accuracy stalls (measured with 32
-filters
-and 32 pairs a step: 58% 5-way 1-shot on validation after 431 steps of Adam at 1e-3, 76% after 333
-steps of SGD at 0.05 with momentum 0.9). Koch et al. report 92.0% 20-way one-shot on Lake's split
-(105×105, within alphabets); the presets' targets on the Vinyals split are the Siamese figures of
-Vinyals et al. 2016, Table 1.
+metalab's 28×28 Omniglot; the paper's per-layer learning rates, momenta and L2 weights (tuned by
+Bayesian optimisation), its weight initialisation and its fixed set of pre-distorted pairs are
+replaced by one SGD-with-momentum optimizer, PyTorch's default initialisation and pairs drawn afresh
+every step. Use SGD, as the paper does: with Adam, whose steps are normalised per weight, about half
+of the 4096 α_j end up positive (a larger difference raising p) and one-shot accuracy stalls
+(measured with 32 filters and 32 pairs a step: 58% 5-way 1-shot on validation after 431 steps of
+Adam at 1e-3, 76% after 333 steps of SGD at 0.05 with momentum 0.9). Koch et al. report 92.0% 20-way
+one-shot on Lake's split (105×105, within alphabets); the presets' targets on the Vinyals split are
+the Siamese figures of Vinyals et al. 2016, Table 1.
 """
 
 from __future__ import annotations
@@ -103,8 +97,8 @@ def weighted_l1(query: Tensor, support: Tensor, weight: Tensor) -> Tensor:
     """Σ_j α_j |q_j − s_j| for every pair: (B, M, D), (B, S, D), (D,) → (B, M, S).
 
     As ``|α q − α s| = |α| |q − s|``, it is an L1 distance over the positively weighted features
-    minus
-    one over the negatively weighted ones: ``torch.cdist`` never holds the (B, M, S, D) differences.
+    minus one over the negatively weighted ones: ``torch.cdist`` never holds the (B, M, S, D)
+    differences.
     """
     pos, neg = weight.clamp(min=0), (-weight).clamp(min=0)
     return torch.cdist(query * pos, support * pos, p=1) - torch.cdist(

@@ -1,67 +1,52 @@
 """Memory-Augmented Neural Networks (Santoro, Bartunov, Botvinick, Wierstra & Lillicrap, ICML 2016).
 
 An LSTM controller reads a label-delayed sequence (:mod:`metalab.tasks.sequences`): at step t its
-input is
-x_t with the one-hot label of x_{t−1} and the read vectors r_{t−1}; it must predict y_t. It binds
-images to labels in an external memory M (slots × width), with, per read head (§3.1):
+input is x_t with the one-hot label of x_{t−1} and the read vectors r_{t−1}; it must predict y_t. It
+binds images to labels in an external memory M (slots × width), with, per read head (§3.1):
 
 * content read (eqs. 2-4): key k_t = tanh(W_k h_t), ``w^r_t(i) = softmax_i(cos(k_t, M_t(i)))``,
   ``r_t = Σ_i w^r_t(i) M_t(i)``;
 * Least Recently Used Access writes (eqs. 5-8): usage ``w^u_t = γ w^u_{t−1} + w^r_t + w^w_t``; the
   least-used weights w^lu_t mark the n slots of smallest usage (n = read heads); write weights
   ``w^w_t = σ(α) w^r_{t−1} + (1 − σ(α)) w^lu_{t−1}`` with α a learned scalar gate; before writing,
-  the
-  slots marked by w^lu_{t−1} are zeroed; then ``M_t(i) = M_{t−1}(i) + w^w_t(i) k_t``.
+  the slots marked by w^lu_{t−1} are zeroed; then ``M_t(i) = M_{t−1}(i) + w^w_t(i) k_t``.
 
 The output ``softmax(W_o [h_t; r_t])`` predicts y_t; the loss is the cross-entropy of every step.
-Paper
-defaults (Omniglot, one-hot labels): 200 LSTM units, 128 × 40 memory, 4 read heads, 5 classes × 10
-instances per episode, batch 16, 20 × 20 images (presets: ``data.image_size: 20``). Table 1
+Paper defaults (Omniglot, one-hot labels): 200 LSTM units, 128 × 40 memory, 4 read heads, 5 classes
+× 10 instances per episode, batch 16, 20 × 20 images (presets: ``data.image_size: 20``). Table 1
 (accuracy at the 1st/2nd/3rd/4th/5th/10th instance): MANN 36.4 / 82.8 / 91.0 / 92.6 / 94.9 / 98.1,
 LSTM 24.4 / 49.5 / 55.3 / 61.0 / 63.6 / 62.5. ``memory: false`` is that LSTM baseline (x_t and the
 delayed label into an LSTM, output from h_t).
 
 Labels, as in the paper's Omniglot experiments: one-hot (``labels: onehot``, one output unit per
-way),
-or the paper's strings (``labels: string``): each label is a string of 5 characters over 5 symbols,
-drawn per episode and
-distinct within it; the label input is the concatenated one-hot codes of its characters and the
-output
-is one softmax per character (loss: the sum of their cross-entropies; a prediction is right when
-every
-character is). String labels do not fix the number of ways, so such a model can be evaluated on any
-N.
+way), or the paper's strings (``labels: string``): each label is a string of 5 characters over 5
+symbols, drawn per episode and distinct within it; the label input is the concatenated one-hot codes
+of its characters and the output is one softmax per character (loss: the sum of their
+cross-entropies; a prediction is right when every character is). String labels do not fix the number
+of ways, so such a model can be evaluated on any N.
 
 Deviations: (1) with n > 1 heads, head j writes with the j-th least-used slot (w^lu's slots taken in
 order of usage), so each head's write weights sum to 1; the paper's w^lu marks all n slots in every
 head's write (1 head: identical). (2) γ = 0.95 and the initial state (memory 1e-6, w^r_0 head j on
 slot j, usage 0) are not given in the paper. (3) Ties in usage are broken by slot index (a stable
-sort).
-(4) Two options, off by default (the paper's equations), on in the CPU preset
+sort). (4) Two options, off by default (the paper's equations), on in the CPU preset
 ``mann-cpu.yaml``: ``key_strength: true`` multiplies the cosine by a learned β_t = 1 +
-softplus(w_β·h_t)
-per head (the Neural Turing Machine's content addressing; its bias starts at 9, β_0 ≈ 10), because
-with
-cosines in [−1, 1] the unscaled softmax puts at most e²/(e² + S − 1) of a read on the best slot;
-``read_after_write: false`` computes the read from M_{t−1}, before this step's write, because
-reading
-M_t as eqs. (2-4) are written, the slot just written with k_t matches k_t exactly and a sharp read
-returns
-the current input's own key. Measured on the 2-core CPU: with both options (batch 16, flat pixels)
-the
-accuracy by instance number started rising within 5 minutes; with neither (Conv-4 features, batch 8)
-or
-with β alone (pixels, batch 16) it stayed at chance over the 200-300 steps tried (the paper trains
-for
-100,000 episodes). (5) The paper's per-image random translations and rotations are not implemented;
-the engine's Adam replaces the paper's RMSProp. (6) ``encoder: conv4``
-(Conv-4 features instead of raw pixels) is an option; the paper and the CPU preset feed flattened
-pixels
-(on the CPU the Conv-4 took most of each step's time).
+softplus(w_β·h_t) per head (the Neural Turing Machine's content addressing; its bias starts at 9,
+β_0 ≈ 10), because with cosines in [−1, 1] the unscaled softmax puts at most e²/(e² + S − 1) of a
+read on the best slot; ``read_after_write: false`` computes the read from M_{t−1}, before this
+step's write, because reading M_t as eqs. (2-4) are written, the slot just written with k_t matches
+k_t exactly and a sharp read returns the current input's own key. Measured on the 2-core CPU: with
+both options (batch 16, flat pixels) the accuracy by instance number started rising within 5
+minutes; with neither (Conv-4 features, batch 8) or with β alone (pixels, batch 16) it stayed at
+chance over the 200-300 steps tried (the paper trains for 100,000 episodes). (5) The paper's
+per-image random translations and rotations are not implemented; the engine's Adam replaces the
+paper's RMSProp. (6) ``encoder: conv4`` (Conv-4 features instead of raw pixels) is an option; the
+paper and the CPU preset feed flattened pixels (on the CPU the Conv-4 took most of each step's
+time).
+
 Standard N-way K-shot episodes (``predict``): the support set, interleaved by a fixed permutation,
-is
-the sequence prefix (labels delayed); each query is one more step from the prefix's final state (the
-state is branched per query), with the last support label as its delayed label.
+is the sequence prefix (labels delayed); each query is one more step from the prefix's final state
+(the state is branched per query), with the last support label as its delayed label.
 """
 
 from __future__ import annotations
@@ -99,22 +84,22 @@ def least_used(usage: Tensor, n: int) -> Tensor:
 
 
 def write_weights(read_prev: Tensor, least_used_prev: Tensor, gate: Tensor) -> Tensor:
-    """Eq. (7): w^w_t = σ(α) w^r_{t−1} + (1 − σ(α)) w^lu_{t−1}. (B, H, S), (B, H, S), (B, H) → (B,
-    H, S)."""
+    """Eq. (7): w^w_t = σ(α) w^r_{t−1} + (1 − σ(α)) w^lu_{t−1}. (B, H, S), (B, H, S), (B, H) →
+    (B, H, S)."""
     s = torch.sigmoid(gate)[..., None]
     return s * read_prev + (1 - s) * least_used_prev
 
 
 def update_usage(usage: Tensor, read: Tensor, write: Tensor, gamma: float) -> Tensor:
-    """Eq. (5): w^u_t = γ w^u_{t−1} + w^r_t + w^w_t, summed over heads. (B, S), (B, H, S) ×2 → (B,
-    S)."""
+    """Eq. (5): w^u_t = γ w^u_{t−1} + w^r_t + w^w_t, summed over heads. (B, S), (B, H, S) ×2 →
+    (B, S)."""
     return gamma * usage + read.sum(1) + write.sum(1)
 
 
 def read_weights(keys: Tensor, memory: Tensor, strength: Tensor | None = None) -> Tensor:
     """Eqs. (2-3): softmax over slots of the cosine similarity, optionally scaled by a key strength
-    β ≥ 1
-    per head (the NTM's eq. 5; not in Santoro et al.). (B, H, W), (B, S, W), (B, H) → (B, H, S)."""
+    β ≥ 1 per head (the NTM's eq. 5; not in Santoro et al.). (B, H, W), (B, S, W), (B, H) →
+    (B, H, S)."""
     norms = (
         keys.norm(dim=-1).clamp_min(1e-8)[..., None] * memory.norm(dim=-1).clamp_min(1e-8)[:, None]
     )  # (B, H, S)
@@ -141,8 +126,7 @@ class Weights(NamedTuple):
 @dataclass
 class MemoryState:
     """The recurrent state: LSTM h, c (B, U); memory (B, S, W); last read weights (B, H, S); usage
-    (B, S);
-    last read vectors (B, H·W). ``memory``… are empty tensors for the LSTM baseline."""
+    (B, S); last read vectors (B, H·W). ``memory``… are empty tensors for the LSTM baseline."""
 
     h: Tensor
     c: Tensor
@@ -244,8 +228,8 @@ class MANN(MetaLearner):
 
     def encode_labels(self, labels: Tensor, strings: Tensor | None = None) -> Tensor:
         """The label inputs: (B, T) labels (NULL_LABEL: none) → (B, T, D) one-hot codes, or for
-        string
-        labels the one-hot codes of the label's characters, concatenated (strings (B, N, L))."""
+        string labels the one-hot codes of the label's characters, concatenated (strings
+        (B, N, L))."""
         dtype = self.out.weight.dtype
         known = (labels >= 0)[..., None].to(dtype)
         labels = labels.clamp_min(0)
@@ -258,9 +242,8 @@ class MANN(MetaLearner):
         self, logits: Tensor, y: Tensor, strings: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
         """Loss and correctness of the outputs (B, T, D) for labels y (B, T): cross-entropy of the
-        label,
-        or for string labels the sum over characters of each character's cross-entropy (independent
-        softmaxes), a step being correct when every character is."""
+        label, or for string labels the sum over characters of each character's cross-entropy
+        (independent softmaxes), a step being correct when every character is."""
         if self.options.labels == "onehot":
             return F.cross_entropy(logits.flatten(0, 1), y.flatten()), logits.argmax(-1) == y
         chars = strings.gather(1, y[..., None].expand(-1, -1, strings.shape[-1]))  # (B, T, L)
@@ -293,11 +276,9 @@ class MANN(MetaLearner):
 
     def weights(self) -> Weights:
         """The step's weight matrices, sliced and merged once per sequence rather than once per
-        step: the
-        LSTM's input weights split into the part applied to [x_t; y_{t−1}] (computed for the whole
-        sequence
-        in one product) and the part applied to r_{t−1}; the key, gate and key-strength layers as
-        one."""
+        step: the LSTM's input weights split into the part applied to [x_t; y_{t−1}] (computed for
+        the whole sequence in one product) and the part applied to r_{t−1}; the key, gate and
+        key-strength layers as one."""
         lstm = self.controller
         n = lstm.weight_ih.shape[1] - self.reads_size
         heads = (
@@ -316,9 +297,8 @@ class MANN(MetaLearner):
 
     def recur(self, state: MemoryState, gates_in: Tensor, w: Weights) -> MemoryState:
         """One time step from the inputs' share of the LSTM gates, W_x [x_t; y_{t−1}] + b (B, 4U) →
-        next state.
-        The cell is ``nn.LSTMCell``'s (gates i, f, g, o), its weights applied to [x_t; y_{t−1};
-        r_{t−1}]."""
+        next state. The cell is ``nn.LSTMCell``'s (gates i, f, g, o), its weights applied to
+        [x_t; y_{t−1}; r_{t−1}]."""
         o = self.options
         gates = gates_in + state.h @ w.hidden.T
         if o.memory:
@@ -353,8 +333,8 @@ class MANN(MetaLearner):
     def step(
         self, state: MemoryState, features: Tensor, shown: Tensor
     ) -> tuple[Tensor, MemoryState]:
-        """One time step: features (B, D), the delayed label's code (B, D_label) → logits (B,
-        D_label), next state."""
+        """One time step: features (B, D), the delayed label's code (B, D_label) → logits
+        (B, D_label), next state."""
         w = self.weights()
         state = self.recur(state, F.linear(torch.cat([features, shown], -1), w.inputs, w.bias), w)
         return self.out(torch.cat([state.h, state.reads], 1)), state
@@ -368,10 +348,8 @@ class MANN(MetaLearner):
     ) -> tuple[Tensor, MemoryState]:
         """A sequence: images (B, T, C, H, W), delayed labels (B, T) (and the string of each label,
         (B, N, L), for string labels) → logits (B, T, D_label), final state. The same as ``step`` T
-        times,
-        with the products that do not depend on the recurrence (the inputs' share of the LSTM gates,
-        the
-        output layer) done once for the whole sequence."""
+        times, with the products that do not depend on the recurrence (the inputs' share of the LSTM
+        gates, the output layer) done once for the whole sequence."""
         b, t = delayed_y.shape
         features = self.encoder(x.flatten(0, 1)).unflatten(0, (b, t))  # (B, T, D)
         shown = self.encode_labels(delayed_y, strings)  # (B, T, D_label)
@@ -397,10 +375,9 @@ class MANN(MetaLearner):
 
     def predict(self, episode: Episode) -> Tensor:
         """Support as the prefix (fixed interleaving, delayed labels); each query one step after it.
-        → (B, M, N).
-        String labels: label n is the n-th of a fixed draw of distinct strings (seed 0), and a
-        class's
-        score is the log-probability of its string (the sum over its characters)."""
+        → (B, M, N). String labels: label n is the n-th of a fixed draw of distinct strings (seed
+        0), and a class's score is the log-probability of its string (the sum over its
+        characters)."""
         o, n = self.options, episode.ways
         b, m = episode.query_y.shape
         strings = None
@@ -448,8 +425,7 @@ def instance_accuracy(
     learner: MANN, sequences: FixedSequences, batch_size: int = 25
 ) -> dict[str, float]:
     """Santoro et al.'s Table 1 protocol: accuracy (percent) at each instance number 1..I over a
-    fixed
-    sequence set, e.g. ``{"1": 36.4, "2": 82.8, ..., "10": 98.1}``. The learner is put in eval
+    fixed sequence set, e.g. ``{"1": 36.4, "2": 82.8, ..., "10": 98.1}``. The learner is put in eval
     mode."""
     device = next(learner.parameters()).device
     correct = torch.zeros(sequences.sampler.instances, dtype=torch.float64)

@@ -7,15 +7,13 @@ weights generated per task from the support set's loss gradients, the meta infor
    ``∇_Q L_emb``, is mapped by the meta learner d to Q* (eq. 3-4).
 2. Example-level fast weights: for every support example, the gradient of the base learner's loss
    ``∇_W L_task(b(W; x'_i), y'_i)`` is mapped by the meta learner m to W*_i (eq. 5), stored in a
-   memory
-   M = [W*_i] under the key r'_i = u(Q, Q*; x'_i).
+   memory M = [W*_i] under the key r'_i = u(Q, Q*; x'_i).
 3. A query x reads its fast weights by soft attention, ``a = softmax(cos(R, u(Q, Q*; x)))``,
    ``W* = aᵀ M`` (eq. 6-7), and is classified by b(W, W*; x).
 
 Layer augmentation (§3.3): an augmented layer with slow weights W and fast weights W* outputs
 ``relu(W h) + relu(W* h)`` (the output layer: the sum of both pre-softmax scores). Meta learners m
-and
-d act on each gradient coordinate independently, after Andrychowicz et al.'s preprocessing
+and d act on each gradient coordinate independently, after Andrychowicz et al.'s preprocessing
 ``(clamp(log|g| / p, −1), clamp(e^p g, −1, 1))`` with p = 10, as in the paper. Reported (Omniglot,
 Table 1): 98.95 (5w1s), 97.00 (20w1s).
 
@@ -23,11 +21,10 @@ Deviations: (1) only the fully connected heads carry fast weights: b = Conv-4 fe
 hidden layer → augmented output layer; u = Conv-4 features → one augmented layer (the paper augments
 its convolutional layers too). (2) L_emb is a pairwise loss over all support pairs,
 ``BCE(σ(5·cos(r_i, r_j)), [y_i = y_j])``; the paper's d is an LSTM over T sampled examples'
-gradients,
-here an MLP on the mean gradient. (3) The base learner's per-example gradients are computed in
-closed
-form and, like ∇_Q L_emb, treated as inputs (no second derivatives). (4) The attention's cosine is
-multiplied by a learned scale (initially 10), else the softmax over few slots is nearly uniform.
+gradients, here an MLP on the mean gradient. (3) The base learner's per-example gradients are
+computed in closed form and, like ∇_Q L_emb, treated as inputs (no second derivatives). (4) The
+attention's cosine is multiplied by a learned scale (initially 10), else the softmax over few slots
+is nearly uniform.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """SNAIL: A Simple Neural Attentive Meta-Learner (Mishra, Rohaninejad, Chen & Abbeel, ICLR 2018).
 
 A task is one sequence: the N·K support pairs (embedded image, one-hot label), then a query whose
-label
-slot is zeros; the network's output at the query position is its class scores. Two kinds of causal
-layers are interleaved (§3, Appendix B):
+label slot is zeros; the network's output at the query position is its class scores. Two kinds of
+causal layers are interleaved (§3, Appendix B):
 
 * DenseBlock(R, D): ``xf, xg = CausalConv(X, dilation R, D filters)`` (kernel 2),
   ``X ← concat(X, tanh(xf) ⊙ σ(xg))``; a TCBlock(T, D) stacks ⌈log₂ T⌉ dense blocks;
@@ -21,10 +20,9 @@ Queries share their support prefix: every layer maps (prefix (B, S, C), tail (B,
 prefix causally, each of the M query positions from the prefix and itself only — exactly the
 computation of M separate sequences (support + one query), with the prefix computed once.
 Deviations: dilations 1, 2, 4, … (the paper's pseudocode starts at 2, which reaches only even
-offsets);
-training episodes have the support in a random order per task, evaluation one fixed interleaving
-(:func:`metalab.tasks.sequences.support_order`); train and test ways must be equal (one output per
-label).
+offsets); training episodes have the support in a random order per task, evaluation one fixed
+interleaving (:func:`metalab.tasks.sequences.support_order`); train and test ways must be equal (one
+output per label).
 
 Vector form (inputs of shape ``(dim,)``, e.g. frozen sentence embeddings; chosen by the input
 shape): not in the paper. The sequence is the same, of embedding vectors; the conv embedding is

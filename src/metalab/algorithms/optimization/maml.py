@@ -1,37 +1,28 @@
 """MAML and its settings: first-order MAML, Meta-SGD, ANIL (and NIL at test time).
 
 MAML (Finn, Abbeel & Levine, ICML 2017): learn an initialisation θ such that a few gradient steps on
-a
-task's support set give good query predictions. Inner loop (eq. 1): ``θ'_i = θ − α ∇_θ
-L_support_i(θ)``;
-meta-objective (eq. 2/3): ``min_θ Σ_i L_query_i(θ'_i)``, differentiated through the inner loop
-(second
-order). First-order MAML (§5.2) drops the second derivatives: ∇L_support is treated as a constant.
-Meta-SGD (Li, Zhou, Chen & Li, 2017, eq. 3): ``θ' = θ − α ⊙ ∇L_support(θ)`` with α a learnable
-tensor
-of θ's shape, meta-learned with θ. ANIL (Raghu, Raghu, Bengio & Vinyals, ICLR 2020): only the head
-adapts in the inner loop; the body is meta-learned in the outer loop only. NIL (same paper, §5): no
-head at test time; a query is scored by a softmax-weighted vote of the support labels with weights
-from
-the cosine similarity of its penultimate features to each support example's.
+a task's support set give good query predictions. Inner loop (eq. 1):
+``θ'_i = θ − α ∇_θ L_support_i(θ)``; meta-objective (eq. 2/3): ``min_θ Σ_i L_query_i(θ'_i)``,
+differentiated through the inner loop (second order). First-order MAML (§5.2) drops the second
+derivatives: ∇L_support is treated as a constant. Meta-SGD (Li, Zhou, Chen & Li, 2017, eq. 3):
+``θ' = θ − α ⊙ ∇L_support(θ)`` with α a learnable tensor of θ's shape, meta-learned with θ. ANIL
+(Raghu, Raghu, Bengio & Vinyals, ICLR 2020): only the head adapts in the inner loop; the body is
+meta-learned in the outer loop only. NIL (same paper, §5): no head at test time; a query is scored
+by a softmax-weighted vote of the support labels with weights from the cosine similarity of its
+penultimate features to each support example's.
 
 Paper defaults (Omniglot 5-way, Finn et al. 2017, appendix A.1): Conv-4 with 64 filters, one inner
-step
-with α = 0.4 in training and 3 at test, meta-batch 32, 60000 iterations, Adam (β = 1e-3 is the
-authors'
-code default; A.1 does not state it); 20-way: 5 steps with α = 0.1, meta-batch 16. Paper results
-(Table 1): 98.7 ± 0.4 (5w1s), 95.8 ± 0.3 (20w1s). Finn et al. report first-order MAML on
-MiniImagenet
-only; the Omniglot first-order figure 98.3 ± 0.5 (5w1s) is from Nichol et al. 2018 (Reptile paper),
-Table 2, "1st-order MAML + Transduction".
+step with α = 0.4 in training and 3 at test, meta-batch 32, 60000 iterations, Adam (β = 1e-3 is the
+authors' code default; A.1 does not state it); 20-way: 5 steps with α = 0.1, meta-batch 16. Paper
+results (Table 1): 98.7 ± 0.4 (5w1s), 95.8 ± 0.3 (20w1s). Finn et al. report first-order MAML on
+MiniImagenet only; the Omniglot first-order figure 98.3 ± 0.5 (5w1s) is from Nichol et al. 2018
+(Reptile paper), Table 2, "1st-order MAML + Transduction".
 
 The network is Conv-4 with ``track_running_stats=False`` (BatchNorm always uses the statistics of
-the
-batch it sees: support in the inner loop, the whole query set after it — transductive, as in the
+the batch it sees: support in the inner loop, the whole query set after it — transductive, as in the
 authors' code) and a linear head with one output per way, so training and test ways must be equal.
 Tasks of a meta-batch run in parallel (``parallel: vmap``) or one after another (``loop``, the
-reference);
-``auto`` (default) times both on the first batch of each shape and keeps the faster
+reference); ``auto`` (default) times both on the first batch of each shape and keeps the faster
 (:class:`metalab.functional.AutoParallel`); see :mod:`metalab.functional`. Deviations: Meta-SGD's α
 starts at ``inner_lr`` everywhere; 28×28 inputs and max-pooling (the paper's strided convolutions
 without pooling are not used for Omniglot here).
@@ -46,21 +37,19 @@ permutation of each task is gone. Not in Finn et al.; used by ``configs/omniglot
 (measured there; see ``benchmarks/first_order_gap.py`` for how far first-order MAML's meta-gradient
 is from MAML's with and without it).
 
-Regression (sinusoid, Finn et al. 2017, §5.1; episodes with ``ways = 0``, so ``train.ways =
-eval.ways
-= 0``): the head has one output and the inner and outer losses are the mean squared error. Paper
-settings: the MLP 1-40-40-1 with ReLU (``backbone: mlp, hidden: 40``), K = 10, one inner step with
-α = 0.01, meta-batch 25, Adam 1e-3, 70K iterations; evaluated after 0..10 steps of α = 0.01
-(``predict(episode, steps=k)``). Deviation: PyTorch's default initialisation, not the authors'
-truncated normal (σ = 0.01).
+Regression (sinusoid, Finn et al. 2017, §5.1; episodes with ``ways = 0``, so
+``train.ways = eval.ways = 0``): the head has one output and the inner and outer losses are the mean
+squared error. Paper settings: the MLP 1-40-40-1 with ReLU (``backbone: mlp, hidden: 40``), K = 10,
+one inner step with α = 0.01, meta-batch 25, Adam 1e-3, 70K iterations; evaluated after 0..10 steps
+of α = 0.01 (``predict(episode, steps=k)``). Deviation: PyTorch's default initialisation, not the
+authors' truncated normal (σ = 0.01).
 
 ``pretrain`` is the paper's "pretrained on all tasks" baseline (§5.1) in the same code: no inner
-loop in
-training (``inner_steps: 0``), so the meta-loss is the plain loss of θ on the query points of every
-task of the batch (ordinary regression on points drawn from many tasks), and at test time the same
-``predict`` fine-tunes θ on the support set with ``eval_inner_steps`` SGD steps of ``inner_lr``.
-(For
-classification it runs too, but labels are relabelled per task, so it learns little that transfers.)
+loop in training (``inner_steps: 0``), so the meta-loss is the plain loss of θ on the query points
+of every task of the batch (ordinary regression on points drawn from many tasks), and at test time
+the same ``predict`` fine-tunes θ on the support set with ``eval_inner_steps`` SGD steps of
+``inner_lr``. (For classification it runs too, but labels are relabelled per task, so it learns
+little that transfers.)
 """
 
 from __future__ import annotations
@@ -205,8 +194,7 @@ class MAML(MetaLearner):
 
     def run(self, episode: Episode, steps: int) -> tuple[Tensor, Tensor]:
         """Every task of the episode batch: the mean query loss (its backward gives the
-        meta-gradient)
-        and the query logits (B, N*Q, N) (regression: values (B, Q, 1))."""
+        meta-gradient) and the query logits (B, N*Q, N) (regression: values (B, Q, 1))."""
         task = lambda g, p, *t: self.task(g, p, *t, steps=steps)  # noqa: E731
         tasks = (episode.support_x, episode.support_y, episode.query_x, episode.query_y)
         # the faster one, timed on the first batch of each shape
@@ -226,8 +214,7 @@ class MAML(MetaLearner):
 
     def predict(self, episode: Episode, steps: int | None = None) -> Tensor:
         """Query logits (B, N*Q, N), or values (B, Q, 1) for regression, after ``steps`` inner steps
-        on
-        each task's support set (default ``eval_inner_steps``; 0 = the meta-learned θ itself)."""
+        on each task's support set (default ``eval_inner_steps``; 0 = the meta-learned θ itself)."""
         if steps is not None and steps < 0:
             raise ConfigError(f"steps = {steps} is invalid: it must be at least 0")
         if self.options.nil:
@@ -287,8 +274,7 @@ class ANIL(MAML):
 @ALGORITHMS.register("pretrain")
 class Pretrain(MAML):
     """The "pretrained on all tasks" baseline of Finn et al. 2017, §5.1 (see the module docstring):
-    no
-    inner loop in training, fine-tuning on the support set at test time."""
+    no inner loop in training, fine-tuning on the support set at test time."""
 
     @dataclass
     class Config(MAML.Config):

@@ -3,21 +3,19 @@
 Paper: Sachin Ravi & Hugo Larochelle, "Optimization as a Model for Few-Shot Learning", ICLR 2017.
 
 The learner (Conv-4 + a linear head, parameters θ flattened to one vector of P coordinates) is
-trained
-on a task's support set for T steps by a meta-learner LSTM. Its cell update is gradient descent with
-learned, per-coordinate, per-step rates (eq. 2-4)::
+trained on a task's support set for T steps by a meta-learner LSTM. Its cell update is gradient
+descent with learned, per-coordinate, per-step rates (eq. 2-4)::
 
     c_t = f_t ⊙ c_{t-1} + i_t ⊙ c̃_t,          c̃_t = −∇_{θ_{t-1}} L_t,      c_t = θ_t
     i_t = σ(W_I · [∇_t, L_t, θ_{t-1}, i_{t-1}] + b_I)      (learning rate)
     f_t = σ(W_F · [∇_t, L_t, θ_{t-1}, f_{t-1}] + b_F)      (forgetting / shrinkage)
 
 With f_t = 1 and i_t = α this is SGD with rate α (tests/test_meta_lstm.py checks it). The initial
-cell
-state c_0 — the learner's initial parameters — is meta-learned with the LSTM weights.
+cell state c_0 — the learner's initial parameters — is meta-learned with the LSTM weights.
 
 Architecture (paper §3.3 and §4, and the authors' code): two layers, shared across coordinates
-(every
-coordinate of θ is a row of a batch of P; each has its own hidden state, the weights are shared):
+(every coordinate of θ is a row of a batch of P; each has its own hidden state, the weights are
+shared):
 
 1. a standard LSTM (hidden 20) whose input is the preprocessed gradient and loss of each coordinate,
    4 numbers: ``preprocess(∇_t)`` and ``preprocess(L_t)`` (Andrychowicz et al. 2016, p = 10)::
@@ -27,26 +25,21 @@ coordinate of θ is a row of a batch of P; each has its own hidden state, the we
 
 2. the meta-learner cell above, where the [∇_t, L_t] entries of eq. 2-3 are the first layer's output
    h_t (20 numbers), so each gate is a linear map of 22 inputs to 1, then a sigmoid. The raw
-   gradient
-   ∇_t is used as c̃_t.
+   gradient ∇_t is used as c̃_t.
 
 Meta-training: L_query(θ_T) on the query set, back-propagated through the T cell updates into the
 LSTM weights, the gate weights and c_0. As in the paper (§3.2), the learner's gradients ∇_t and
-losses
-L_t are inputs treated as constants: they are computed at a detached θ_{t-1}, which drops the
+losses L_t are inputs treated as constants: they are computed at a detached θ_{t-1}, which drops the
 second-derivative term (θ_{t-1} itself still enters the gates and the cell, so the meta-gradient
-flows
-through them). ``predict`` runs the same T updates (gradients enabled locally, so it works under
-``torch.no_grad()``) and scores the query set with θ_T.
+flows through them). ``predict`` runs the same T updates (gradients enabled locally, so it works
+under ``torch.no_grad()``) and scores the query set with θ_T.
 
 Defaults from the paper and the authors' code (twitter/meta-learning-lstm): LSTM hidden 20; p = 10;
 gate weights U(−0.01, 0.01); forget bias large (authors: U(4, 5); here 5, so f_0 ≈ 0.993) and input
 bias small and negative (authors: U(−5, −4); here −4.5, so i_0 ≈ 0.011: training starts close to SGD
 with a small rate); T = 12 updates for 5-way 1-shot with the whole support set as the batch; Adam
-1e-3
-and meta-gradient clipping at 0.25 (``train.grad_clip``); learner Conv-4 with 32 filters.
-Paper results (miniImageNet 5-way): 43.44 ± 0.77 (1-shot), 60.60 ± 0.71 (5-shot). The paper reports
-no
+1e-3 and meta-gradient clipping at 0.25 (``train.grad_clip``); learner Conv-4 with 32 filters. Paper
+results (miniImageNet 5-way): 43.44 ± 0.77 (1-shot), 60.60 ± 0.71 (5-shot). The paper reports no
 Omniglot results.
 
 Deviations and choices:
@@ -54,18 +47,15 @@ Deviations and choices:
 - BatchNorm uses the statistics of the batch it sees (``track_running_stats=False``, like MAML in
   metalab): the support set during the T updates, the whole query set at the end (transductive), and
   no running statistics at all. The paper (§3.4) also keeps BatchNorm statistics from leaking
-  between
-  tasks (statistics per dataset, reset for each new task); the authors' code keeps running averages
-  within a task (momentum 0.9 for 1-shot, 0.95 for 5-shot). Whether their final query pass used
-  those
-  averages or the query batch's own statistics was not verified here.
+  between tasks (statistics per dataset, reset for each new task); the authors' code keeps running
+  averages within a task (momentum 0.9 for 1-shot, 0.95 for 5-shot). Whether their final query pass
+  used those averages or the query batch's own statistics was not verified here.
 - f_0 and i_0 (the previous gate values at the first step) are 0; the first LSTM starts at zeros.
 - Gate inputs are the previous gate *values* σ(·) as written in eq. 2-3 (the authors' code and its
   PyTorch port feed the pre-sigmoid values).
 - Fixed biases 5 and −4.5 instead of draws from U(4, 5) and U(−5, −4).
 - The tasks of an episode batch are adapted one after another (a Python loop; the paper used one
-task
-  per meta-update); the meta-loss is their mean query loss.
+  task per meta-update); the meta-loss is their mean query loss.
 - Classification only; training and test ways must be equal (one head output per way).
 """
 
@@ -88,8 +78,8 @@ from metalab.tasks.episodes import Episode
 
 def preprocess(x: Tensor, p: float = 10.0) -> Tensor:
     """Andrychowicz et al. (2016, appendix A) preprocessing of gradients and losses, one pair per
-    entry:
-    ``(log|x|/p, sign(x))`` if ``|x| ≥ e^{−p}``, else ``(−1, e^p·x)``. Shapes: (...) → (..., 2)."""
+    entry: ``(log|x|/p, sign(x))`` if ``|x| ≥ e^{−p}``, else ``(−1, e^p·x)``. Shapes: (...) →
+    (..., 2)."""
     big = x.abs() >= math.exp(-p)
     first = torch.where(big, x.abs().clamp_min(math.exp(-p)).log() / p, torch.full_like(x, -1.0))
     second = torch.where(big, torch.sign(x), math.exp(p) * x)
@@ -100,9 +90,8 @@ class MetaLSTMCell(nn.Module):
     """The meta-learner cell (eq. 2-4), coordinate-wise: its cell state is the learner's parameters.
 
     ``forward(x, grad, (theta, f, i))`` with x (P, input_size) the first layer's output, grad (P,)
-    the
-    learner's gradient ∇_t, theta (P,) = c_{t-1}, f, i (P,) the previous gate values → (c_t, f_t,
-    i_t).
+    the learner's gradient ∇_t, theta (P,) = c_{t-1}, f, i (P,) the previous gate values →
+    (c_t, f_t, i_t).
     """
 
     def __init__(self, input_size: int, forget_bias: float, input_bias: float) -> None:
@@ -166,8 +155,8 @@ class MetaLSTM(MetaLearner):
         # c_0: the learner's initial parameters, flattened (P,), meta-learned.
         self.theta0 = nn.Parameter(torch.cat([p.detach().flatten() for p in net.parameters()]))
         # The learner is only a template run with functional_call on views of the cell state; it is
-        # kept
-        # out of the module tree (not a meta-parameter) and holds no data (meta device, no buffers).
+        # kept out of the module tree (not a meta-parameter) and holds no data (meta device, no
+        # buffers).
         self._template = (net.to("meta"),)
         self.lstm = nn.LSTMCell(4, options.lstm_hidden)  # layer 1: preprocessed (∇, L) → h (P, 20)
         self.cell = MetaLSTMCell(

@@ -1,37 +1,28 @@
 """Reptile (Nichol, Achiam & Schulman, 2018, "On First-Order Meta-Learning Algorithms").
 
 For each task of a meta-batch, run k steps of SGD or Adam from the initialisation θ on the support
-set,
-giving φ̃_i; then move θ towards the adapted weights (Algorithm 2): ``θ ← θ + ε · mean_i(φ̃_i −
-θ)``.
+set, giving φ̃_i; then move θ towards the adapted weights (Algorithm 2):
+``θ ← θ + ε · mean_i(φ̃_i − θ)``.
 
-Through the engine's contract: ``meta_loss`` returns the surrogate ``mean_i ½‖θ −
-stopgrad(φ̃_i)‖²``,
-whose gradient w.r.t. θ is ``mean_i(θ − φ̃_i)``. With ``train.optimizer: sgd``, ``momentum: 0`` and
-``lr: ε`` the engine's step is exactly Reptile's outer update (``lr`` is the paper's outer step size
-ε).
-The tasks' inner loops run in parallel with ``torch.func.vmap`` (``parallel: vmap``) or one after
-another (``loop``); ``auto`` (default) times both on the first batch of each shape and keeps the
-faster (:class:`metalab.functional.AutoParallel`). No gradient flows through them.
+Through the engine's contract: ``meta_loss`` returns the surrogate
+``mean_i ½‖θ − stopgrad(φ̃_i)‖²``, whose gradient w.r.t. θ is ``mean_i(θ − φ̃_i)``. With
+``train.optimizer: sgd``, ``momentum: 0`` and ``lr: ε`` the engine's step is exactly Reptile's outer
+update (``lr`` is the paper's outer step size ε). The tasks' inner loops run in parallel with
+``torch.func.vmap`` (``parallel: vmap``) or one after another (``loop``); ``auto`` (default) times
+both on the first batch of each shape and keeps the faster
+(:class:`metalab.functional.AutoParallel`). No gradient flows through them.
 
 Paper defaults (Omniglot 5-way 1-shot, appendix A; the same flags as the 1-shot 5-way Omniglot
-commands
-in openai/supervised-reptile's README): Adam in the inner loop (β1 = 0) with rate 1e-3, 5 inner
-iterations
-on mini-batches of 10 from 10 training shots per class, meta-batch 5, outer step 1.0 annealed
-linearly to
-0 over 100K iterations; at test 50 iterations on mini-batches of 5. Paper (Table 2): 95.39 ± 0.09
-(5w1s),
-97.68 ± 0.04 with transduction.
+commands in openai/supervised-reptile's README): Adam in the inner loop (β1 = 0) with rate 1e-3, 5
+inner iterations on mini-batches of 10 from 10 training shots per class, meta-batch 5, outer step
+1.0 annealed linearly to 0 over 100K iterations; at test 50 iterations on mini-batches of 5. Paper
+(Table 2): 95.39 ± 0.09 (5w1s), 97.68 ± 0.04 with transduction.
 
 Evaluation: ``transductive: true`` scores the whole query set in one batch (BatchNorm statistics of
-the
-query set); ``false`` scores each query example in a batch with the support set, as the authors'
-code
-does, so no query sees another. Deviations: inner mini-batches cycle through the support set in a
-fixed
-interleaved order (every class in every mini-batch) instead of reshuffling; the outer step's linear
-annealing is approximated by ``train.lr_schedule`` (cosine, or constant).
+the query set); ``false`` scores each query example in a batch with the support set, as the authors'
+code does, so no query sees another. Deviations: inner mini-batches cycle through the support set in
+a fixed interleaved order (every class in every mini-batch) instead of reshuffling; the outer step's
+linear annealing is approximated by ``train.lr_schedule`` (cosine, or constant).
 """
 
 from __future__ import annotations

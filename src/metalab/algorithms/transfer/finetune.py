@@ -1,8 +1,7 @@
 """Baseline and Baseline++ (Chen, Liu, Kira, Wang & Huang, "A Closer Look at Few-shot
-Classification",
-ICLR 2019), with the frozen-embedding classifiers of Tian, Wang, Krishnan, Tenenbaum & Isola
-("Rethinking
-Few-Shot Image Classification: a Good Embedding Is All You Need?", ECCV 2020).
+Classification", ICLR 2019), with the frozen-embedding classifiers of Tian, Wang, Krishnan,
+Tenenbaum & Isola ("Rethinking Few-Shot Image Classification: a Good Embedding Is All You Need?",
+ECCV 2020).
 
 Pre-training (Chen et al. §3.1, "training stage"): a backbone f and a classifier over all C training
 classes, trained with cross-entropy on ordinary mini-batches of the training split
@@ -13,25 +12,19 @@ classes, trained with cross-entropy on ordinary mini-batches of the training spl
   vector, scaled by s (the authors' code: s = 2 for at most 200 classes, else 10; ``cosine_scale``).
 
 Test time (§3.1, "fine-tuning stage"): f is frozen, the support set is embedded once and a new head
-of
-the same kind over the task's N ways is trained on the support embeddings and labels only: SGD with
-learning rate 0.01, momentum 0.9, dampening 0.9, weight decay 1e-3, mini-batches of 4 support
-examples,
-100 passes over the support set — the authors' code (``methods/baselinefinetune.py``; the paper's
-text
-says "100 iterations with a batch size of 4"; the code runs 100 epochs, which we follow). The tasks
-of
-an episode batch are fine-tuned independently and in parallel (a head per task, batched matrix
-products);
-each task's head initialisation and mini-batch order come from a generator seeded by the task's own
-support set, so evaluation is reproducible and does not depend on how episodes are batched.
+of the same kind over the task's N ways is trained on the support embeddings and labels only: SGD
+with learning rate 0.01, momentum 0.9, dampening 0.9, weight decay 1e-3, mini-batches of 4 support
+examples, 100 passes over the support set — the authors' code (``methods/baselinefinetune.py``; the
+paper's text says "100 iterations with a batch size of 4"; the code runs 100 epochs, which we
+follow). The tasks of an episode batch are fine-tuned independently and in parallel (a head per
+task, batched matrix products); each task's head initialisation and mini-batch order come from a
+generator seeded by the task's own support set, so evaluation is reproducible and does not depend on
+how episodes are batched.
 
 Options:
     ``finetune_backbone: true`` fine-tunes backbone and head together on the support set (one task
-    after
-    another, on functional copies of the weights: the trained model itself never changes; BatchNorm
-    uses
-    its running statistics, as in eval mode).
+    after another, on functional copies of the weights: the trained model itself never changes;
+    BatchNorm uses its running statistics, as in eval mode).
     ``classifier: logistic`` — Tian et al. 2020: multinomial logistic regression on L2-normalised
     embeddings, scikit-learn's objective ``Σ CE + ||W||² / (2C)`` (C = ``logistic_c`` = 1, bias not
     penalised), solved with L-BFGS from zero.
@@ -39,12 +32,10 @@ Options:
     squared distances to the class means of the normalised support embeddings.
 
 Paper defaults (Omniglot): Conv-4 on 28×28 images, Adam with learning rate 1e-3, batch 16, 5 epochs
-over
-the 4112 rotated training classes (the authors' ``train.py``). Deviations: the cosine head is the
-paper's
-plain cosine (the authors' code also learns a norm per class through weight normalisation);
-pre-training
-batches are drawn uniformly at random instead of by shuffled epochs (see :mod:`metalab.tasks.flat`).
+over the 4112 rotated training classes (the authors' ``train.py``). Deviations: the cosine head is
+the paper's plain cosine (the authors' code also learns a norm per class through weight
+normalisation); pre-training batches are drawn uniformly at random instead of by shuffled epochs
+(see :mod:`metalab.tasks.flat`).
 """
 
 from __future__ import annotations
@@ -92,9 +83,8 @@ def sgd_step(
     weight_decay: float,
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """One step of ``torch.optim.SGD`` (no Nesterov) on tensors: ``d = g + λp``; ``v = d`` at the
-    first step,
-    then ``v = μv + (1 − dampening)d``; ``p = p − lr·v``. Returns the new parameters and momentum
-    buffers."""
+    first step, then ``v = μv + (1 − dampening)d``; ``p = p − lr·v``. Returns the new parameters and
+    momentum buffers."""
     new_params, new_buffers = {}, {}
     for k, p in params.items():
         d = grads[k] + weight_decay * p
@@ -201,8 +191,7 @@ class Baseline(MetaLearner):
             options = replace(options, classes=training_classes(cfg))
         return cls(options, input_shape, cfg.train.ways, cfg.train.seed)
 
-    # --- pre-training
-    # -------------------------------------------------------------------------------
+    # --- pre-training ---------------------------------------------------------------------------
     def pretraining_head(self, classes: int, seed: int) -> nn.Linear:
         """The classifier over all training classes: weight ~ U(±1/√D) (as nn.Linear), bias 0
         (authors' code), drawn from a generator seeded by ``seed``."""
@@ -246,8 +235,7 @@ class Baseline(MetaLearner):
         loss = F.cross_entropy(logits, batch.y)
         return StepOutput(loss, {"accuracy": accuracy(logits[None], batch.y[None]).mean().detach()})
 
-    # --- test time
-    # ----------------------------------------------------------------------------------
+    # --- test time ------------------------------------------------------------------------------
     def embed(self, x: Tensor) -> Tensor:
         """(B, M, C, H, W) → (B, M, D)."""
         return self.backbone(x.flatten(0, 1)).unflatten(0, x.shape[:2])
@@ -310,10 +298,8 @@ class Baseline(MetaLearner):
         """Train one new head per task on its frozen support embeddings, all tasks at once.
 
         Shapes: support (B, S, D), labels (B, S) → weight (B, N, D) (and bias (B, N) for a linear
-        head).
-        Only the support labels are seen. Each task's loss is its own mini-batch mean, so the summed
-        loss
-        gives every head exactly the gradient it would get alone.
+        head). Only the support labels are seen. Each task's loss is its own mini-batch mean, so the
+        summed loss gives every head exactly the gradient it would get alone.
         """
         b, s, d = support.shape
         support = support.detach()

@@ -1,5 +1,5 @@
-"""A text dataset by name: its folder under ``--data-dir``, its reader, and what ``metalab data
-info`` prints about its class splits."""
+"""A text dataset by name: its folder under ``--data-dir``, its reader, and what
+``metalab data info`` prints about its class splits."""
 
 from __future__ import annotations
 
