@@ -47,9 +47,8 @@ def decode_image(source: bytes | Path, preprocess: Preprocess, name: str) -> Ten
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
             image = _without_alpha(image, name)
             pixels = np.asarray(image.convert(mode).resize(size, Image.LANCZOS), dtype=np.uint8)
-    except (
-        Exception
-    ) as error:  # PIL raises many types for bad files (OSError, SyntaxError, ValueError, ...)
+    # PIL raises many types for bad files (OSError, SyntaxError, ValueError, ...)
+    except Exception as error:
         raise DataError(
             f"cannot decode image {name} ({error}); remove or replace the file"
         ) from error

@@ -57,10 +57,8 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         tmp = None
-    except (
-        OSError,
-        RuntimeError,
-    ) as e:  # torch's zip writer reports a failed write as RuntimeError
+    # torch's zip writer reports a failed write as RuntimeError
+    except (OSError, RuntimeError) as e:
         kept = f"the previous {path.name} is left in place" if path.exists() else "none is written"
         raise CheckpointError(f"could not write {path} ({_reason(e)}); {kept}") from None
     finally:

@@ -50,9 +50,8 @@ def metric_of(episode: Episode) -> Metric:
 class EvalResult:
     value: float  # mean per-episode score, in the metric's unit (accuracy: percent)
     ci95: float  # half-width of the 95% confidence interval, same unit
-    per_episode: (
-        Tensor  # (episodes,) raw scores (accuracies in [0, 1], MSEs), in the fixed set's order
-    )
+    # (episodes,) raw scores (accuracies in [0, 1], MSEs), in the fixed set's order
+    per_episode: Tensor
     metric: str = "accuracy"
     higher_is_better: bool = True
 

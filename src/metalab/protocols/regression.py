@@ -182,8 +182,8 @@ def regression_report(
     base = None if baseline is None else regression_curve(baseline, source, shots_list, **options)
     fits = example_fits(learner, source, baseline, shots=min(shots_list), seed=e.seed)
     path = plot_regression(plot, curve, base, fits, title=f"{source.name}, {e.episodes} tasks")
-    as_json = lambda c: {
-        str(k): {key: [round(v, 4) for v in row[key]] for key in ("mse", "ci95")}  # noqa: E731
+    as_json = lambda c: {  # noqa: E731
+        str(k): {key: [round(v, 4) for v in row[key]] for key in ("mse", "ci95")}
         for k, row in c.items()
     }
     return {

@@ -142,9 +142,8 @@ class EpisodeSampler:
         if self.within_group:
             pick = self._eligible[torch.randint(len(self._eligible), (b,), generator=generator)]
             keys = keys.masked_fill(self._groups[None, :] != pick[:, None], 2.0)
-        classes = keys.argsort(dim=1)[
-            :, :n
-        ]  # (B, N): a uniformly random ordered choice of N classes
+        # (B, N): a uniformly random ordered choice of N classes
+        classes = keys.argsort(dim=1)[:, :n]
         counts = self._counts[classes]  # (B, N)
         most = int(counts.max())
         keys = torch.rand(b, n, most, generator=generator)

@@ -60,15 +60,12 @@ class FlatBatchSampler:
             raise DataError(f"{dataset.name} holds no images to pre-train on")
         self.dataset, self.batch_size = dataset, batch_size
         # CPU tables over every image of the split: its class id and its row in dataset.images.
-        self._labels = torch.repeat_interleave(
-            torch.arange(dataset.num_classes), counts
-        )  # (total,)
-        first = (
-            torch.cumsum(counts, 0) - counts
-        )  # position of each class's first image in the table
-        rank = (
-            torch.arange(len(self._labels)) - first[self._labels]
-        )  # index of the image within its class
+        # (total,)
+        self._labels = torch.repeat_interleave(torch.arange(dataset.num_classes), counts)
+        # position of each class's first image in the table
+        first = torch.cumsum(counts, 0) - counts
+        # index of the image within its class
+        rank = torch.arange(len(self._labels)) - first[self._labels]
         self._rows = dataset.offsets.cpu()[self._labels] + rank  # (total,)
 
     @property

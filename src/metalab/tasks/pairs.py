@@ -90,9 +90,8 @@ class PairSampler:
         self._rank[self._members] = (
             torch.arange(dataset.num_classes) - self._start[groups[self._members]]
         )
-        self._first = (
-            (self._size[groups] >= 2).nonzero().flatten()
-        )  # classes a different pair may start from
+        # classes a different pair may start from
+        self._first = (self._size[groups] >= 2).nonzero().flatten()
         if len(self._first) == 0:
             raise DataError(
                 f"within-group pairs, but no group of {dataset.name} has 2 classes; "

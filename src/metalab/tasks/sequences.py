@@ -120,9 +120,8 @@ def random_strings(
         codes = torch.randint(space, (tasks, n), generator=generator)
         while (repeated := (codes.sort(dim=1).values.diff(dim=1) == 0).any(dim=1)).any():
             codes[repeated] = torch.randint(space, (int(repeated.sum()), n), generator=generator)
-    return (
-        codes[..., None] // alphabet ** torch.arange(length - 1, -1, -1) % alphabet
-    )  # base-A digits
+    # base-A digits
+    return codes[..., None] // alphabet ** torch.arange(length - 1, -1, -1) % alphabet
 
 
 class SequenceSampler:
@@ -160,9 +159,8 @@ class SequenceSampler:
         )
         self.label_length, self.label_alphabet = label_length, label_alphabet
         if label_length:
-            string_label_space(
-                ways, label_length, label_alphabet
-            )  # fail early, before any training
+            # fail early, before any training
+            string_label_space(ways, label_length, label_alphabet)
 
     def sample_indices(
         self, generator: torch.Generator, tasks: int | None = None

@@ -94,9 +94,9 @@ class SinusoidTasks:
     ) -> tuple[Tensor, Tensor, Tensor]:
         """On the CPU: amplitudes (B,), phases (B,) and inputs (B, P, 1) of B tasks with P points
         each."""
-        uniform = lambda lo_hi, *shape: (
+        uniform = lambda lo_hi, *shape: (  # noqa: E731
             lo_hi[0] + (lo_hi[1] - lo_hi[0]) * torch.rand(*shape, generator=generator)
-        )  # noqa: E731
+        )
         amplitude = uniform(self.amplitude, tasks)
         phase = uniform(self.phase, tasks)
         x = uniform(self.x_range, tasks, points, 1)

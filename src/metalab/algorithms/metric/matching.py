@@ -58,9 +58,8 @@ class FullContextEmbedding(nn.Module):
         super().__init__()
         self.steps = steps
         self.support_lstm = nn.LSTM(dim, dim, batch_first=True, bidirectional=True)
-        self.query_cell = nn.LSTMCell(
-            2 * dim, dim
-        )  # input [f'(x̂), r_{k−1}], state (h_{k−1}, c_{k−1})
+        # input [f'(x̂), r_{k−1}], state (h_{k−1}, c_{k−1})
+        self.query_cell = nn.LSTMCell(2 * dim, dim)
 
     def support(self, g: Tensor) -> Tensor:
         """g(x_i, S) = h→_i + h←_i + g'(x_i): (B, S, D) → (B, S, D)."""
@@ -121,9 +120,8 @@ class MatchingNet(MetaLearner):
     def logits(self, episode: Episode) -> Tensor:
         """log ŷ: (B, N*Q, N) log attention mass on each class."""
         s = episode.support_x.shape[1]
-        z = self.embed(
-            torch.cat([episode.support_x, episode.query_x], dim=1)
-        )  # one pass, as in ProtoNet
+        # one pass, as in ProtoNet
+        z = self.embed(torch.cat([episode.support_x, episode.query_x], dim=1))
         g, f = z[:, :s], z[:, s:]  # (B, S, D), (B, M, D)
         if self.context is not None:
             g = self.context.support(g)
@@ -132,9 +130,8 @@ class MatchingNet(MetaLearner):
         return attention_log_probs(scores, episode.support_y, episode.ways)
 
     def meta_loss(self, episode: Episode) -> StepOutput:
-        return classification_step(
-            self.logits(episode), episode.query_y
-        )  # log-probabilities: CE = NLL
+        # log-probabilities: CE = NLL
+        return classification_step(self.logits(episode), episode.query_y)
 
     def predict(self, episode: Episode) -> Tensor:
         return self.logits(episode)

@@ -99,9 +99,8 @@ class RelationNet(MetaLearner):
     class Config:
         # filters of every conv block (embedding and relation modules); vectors: linear block units
         hidden: int = option(64, ge=1)
-        fc_hidden: int = (
-            8  # units of the relation module's first fully connected layer (Omniglot: 8)
-        )
+        # units of the relation module's first fully connected layer (Omniglot: 8)
+        fc_hidden: int = 8
 
     def __init__(
         self, options: RelationNet.Config, input_shape: tuple[int, ...], ways: int | None = None
@@ -136,9 +135,8 @@ class RelationNet(MetaLearner):
         """(B, N*Q, N) pre-sigmoid relation scores of every (query, class) pair."""
         s = episode.support_x.shape[1]
         z = self.embed(torch.cat([episode.support_x, episode.query_x], dim=1))
-        classes = class_sums(
-            z[:, :s], episode.support_y, episode.ways
-        )  # (B, N, hidden, h, w) or (B, N, hidden): K-shot sum
+        # (B, N, hidden, h, w) or (B, N, hidden): K-shot sum
+        classes = class_sums(z[:, :s], episode.support_y, episode.ways)
         pairs = relation_pairs(classes, z[:, s:])  # (B, M, N, 2·hidden, ...)
         return self.relation(pairs.flatten(0, 2)).view(pairs.shape[:3])
 

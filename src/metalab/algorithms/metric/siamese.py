@@ -80,15 +80,12 @@ def koch_distortion(images: Tensor, generator: torch.Generator) -> Tensor:
     theta, rho_x, rho_y, s_x, s_y, t_x, t_y = torch.where(keep, draw, identity).unbind(1)
     cos, sin = theta.cos(), theta.sin()
     rotation = torch.stack([cos, -sin, sin, cos], 1).view(p, 2, 2)
-    shear_scale = torch.stack([s_x, rho_x * s_y, rho_y * s_x, s_y], 1).view(
-        p, 2, 2
-    )  # [[1, ρx], [ρy, 1]] · diag(s)
-    shift = (
-        2 * torch.stack([t_x, t_y], 1)[..., None]
-    )  # fractions of the side → normalised coordinates in [−1, 1]
-    matrix = torch.cat([rotation @ shear_scale, shift], 2).to(
-        images.device, images.dtype
-    )  # (P, 2, 3)
+    # [[1, ρx], [ρy, 1]] · diag(s)
+    shear_scale = torch.stack([s_x, rho_x * s_y, rho_y * s_x, s_y], 1).view(p, 2, 2)
+    # fractions of the side → normalised coordinates in [−1, 1]
+    shift = 2 * torch.stack([t_x, t_y], 1)[..., None]
+    # (P, 2, 3)
+    matrix = torch.cat([rotation @ shear_scale, shift], 2).to(images.device, images.dtype)
     grid = F.affine_grid(matrix, list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, align_corners=False)
 
@@ -110,18 +107,16 @@ def weighted_l1(query: Tensor, support: Tensor, weight: Tensor) -> Tensor:
 class SiameseNet(MetaLearner):
     @dataclass
     class Config:
-        backbone: str = (
-            "conv4"  # conv4 (any registered backbone) | koch (the paper's net, 105×105 images)
-        )
+        # conv4 (any registered backbone) | koch (the paper's net, 105×105 images)
+        backbone: str = "conv4"
         hidden: int = option(64, ge=1)  # filters per conv block of a registered backbone
         # sigmoid units of the twin's last layer, h (the paper: 4096)
         features: int = option(4096, ge=1)
         # pairs per training step, half same, half different (the paper: 128)
         batch_size: int = option(128, ge=1)
         distort: bool = False  # the paper's random affine distortions of training pairs
-        shot_reduce: str = (
-            "mean"  # K-shot class score: mean | max of p over the class's support images
-        )
+        # K-shot class score: mean | max of p over the class's support images
+        shot_reduce: str = "mean"
 
     def __init__(
         self, options: SiameseNet.Config, input_shape: tuple[int, ...], ways: int | None = None
@@ -160,9 +155,8 @@ class SiameseNet(MetaLearner):
         s = episode.support_x.shape[1]
         x = torch.cat([episode.support_x, episode.query_x], dim=1)
         h = self.twin(x.flatten(0, 1)).unflatten(0, x.shape[:2])  # (B, S+M, features)
-        z = (
-            weighted_l1(h[:, s:], h[:, :s], self.distance.weight[0]) + self.distance.bias
-        )  # (B, M, S)
+        # (B, M, S)
+        z = weighted_l1(h[:, s:], h[:, :s], self.distance.weight[0]) + self.distance.bias
         y, n = episode.support_y, episode.ways
         if self.options.shot_reduce == "max":
             return per_class(z, y, n, "max")  # max logit = logit of the max p

@@ -103,9 +103,8 @@ def read_weights(keys: Tensor, memory: Tensor, strength: Tensor | None = None) -
     norms = (
         keys.norm(dim=-1).clamp_min(1e-8)[..., None] * memory.norm(dim=-1).clamp_min(1e-8)[:, None]
     )  # (B, H, S)
-    cos = (
-        keys @ memory.transpose(1, 2)
-    ) / norms  # dividing the (B, H, S) products, not the (B, S, W) memory
+    # dividing the (B, H, S) products, not the (B, S, W) memory
+    cos = (keys @ memory.transpose(1, 2)) / norms
     return (cos if strength is None else cos * strength[..., None]).softmax(-1)
 
 
@@ -117,9 +116,8 @@ class Weights(NamedTuple):
     reads: Tensor  # LSTM input weights for r_{t−1} (4U, H·W)
     bias: Tensor  # b_ih + b_hh (4U,)
     hidden: Tensor  # W_hh (4U, U)
-    heads: (
-        Tensor | None
-    )  # key, gate and strength layers stacked ((H·W + H [+ H]), U); None without memory
+    # key, gate and strength layers stacked ((H·W + H [+ H]), U); None without memory
+    heads: Tensor | None
     heads_bias: Tensor | None
 
 
@@ -154,12 +152,10 @@ class MANN(MetaLearner):
         gamma: float = option(0.95, ge=0, le=1)  # usage decay γ
         encoder: str = "flat"  # flat: raw pixels (paper) | conv4: Conv-4 features (fast CPU runs)
         hidden: int = option(64, ge=1)  # conv4 filters
-        read_after_write: bool = (
-            True  # read M_t (eqs. 2-4 as written) | false: read M_{t−1} (deviation)
-        )
-        key_strength: bool = (
-            False  # true: learned β_t ≥ 1 sharpens the cosine read (the NTM's; deviation)
-        )
+        # read M_t (eqs. 2-4 as written) | false: read M_{t−1} (deviation)
+        read_after_write: bool = True
+        # true: learned β_t ≥ 1 sharpens the cosine read (the NTM's; deviation)
+        key_strength: bool = False
         labels: str = "onehot"  # onehot: one unit per way | string: the paper's 5-character strings
         label_length: int = option(5, ge=1)  # characters per string label (paper: 5)
         label_alphabet: int = option(5, ge=2)  # symbols per character (paper: 5, "a"-"e")
@@ -196,9 +192,8 @@ class MANN(MetaLearner):
         else:
             self.encoder, features = nn.Flatten(), int(torch.tensor(input_shape).prod())
         reads = self.reads_size = o.read_heads * o.slot_width if o.memory else 0
-        label = (
-            o.label_length * o.label_alphabet if o.labels == "string" else ways
-        )  # label input and output size
+        # label input and output size
+        label = o.label_length * o.label_alphabet if o.labels == "string" else ways
         self.controller = nn.LSTMCell(features + label + reads, o.controller)
         self.strength = None
         if o.memory:
@@ -247,9 +242,8 @@ class MANN(MetaLearner):
         if self.options.labels == "onehot":
             return F.cross_entropy(logits.flatten(0, 1), y.flatten()), logits.argmax(-1) == y
         chars = strings.gather(1, y[..., None].expand(-1, -1, strings.shape[-1]))  # (B, T, L)
-        logits = logits.unflatten(
-            -1, (chars.shape[-1], self.options.label_alphabet)
-        )  # (B, T, L, A)
+        # (B, T, L, A)
+        logits = logits.unflatten(-1, (chars.shape[-1], self.options.label_alphabet))
         loss = F.cross_entropy(logits.flatten(0, 2), chars.flatten()) * chars.shape[-1]
         return loss, (logits.argmax(-1) == chars).all(-1)
 
@@ -310,9 +304,8 @@ class MANN(MetaLearner):
             return MemoryState(h, c, state.memory, state.read_w, state.usage, state.reads)
         b, heads = h.shape[0], o.read_heads
         sizes = [self.reads_size, heads] + ([heads] if self.strength is not None else [])
-        key, gate, *beta = F.linear(h, w.heads, w.heads_bias).split(
-            sizes, 1
-        )  # [key | gate α | strength β]
+        # [key | gate α | strength β]
+        key, gate, *beta = F.linear(h, w.heads, w.heads_bias).split(sizes, 1)
         keys = torch.tanh(key).view(b, heads, o.slot_width)  # (B, H, W)
         lu_prev = least_used(state.usage, heads)  # w^lu_{t−1} (B, H, S)
         write_w = write_weights(state.read_w, lu_prev, gate)  # (B, H, S)
@@ -320,9 +313,8 @@ class MANN(MetaLearner):
         if not o.read_after_write:  # read M_{t−1}: the slot written now cannot match its own key
             read_w = read_weights(keys, state.memory, strength)  # (B, H, S)
             reads = (read_w @ state.memory).flatten(1)  # (B, H·W)
-        memory = (
-            state.memory * (1 - lu_prev.sum(1).clamp_max(1))[..., None]
-        )  # zero the least-used slots
+        # zero the least-used slots
+        memory = state.memory * (1 - lu_prev.sum(1).clamp_max(1))[..., None]
         memory = memory + write_w.transpose(1, 2) @ keys  # (B, S, W)
         if o.read_after_write:  # eqs. (2-4) as written: read M_t, which already holds k_t
             read_w = read_weights(keys, memory, strength)  # (B, H, S)
@@ -391,17 +383,15 @@ class MANN(MetaLearner):
         delayed = torch.cat([torch.full_like(sy[:, :1], NULL_LABEL), sy[:, :-1]], 1)
         _, state = self.run(sx, delayed, strings)
         query = self.encoder(episode.query_x.flatten(0, 1))  # (B·M, D)
-        last = self.encode_labels(sy[:, -1:], strings)[:, 0].repeat_interleave(
-            m, dim=0
-        )  # (B·M, D_label)
+        # (B·M, D_label)
+        last = self.encode_labels(sy[:, -1:], strings)[:, 0].repeat_interleave(m, dim=0)
         logits, _ = self.step(state.repeat(m), query, last)
         if o.labels == "onehot":
             return logits.view(b, m, -1)
         logp = logits.view(b, m, o.label_length, o.label_alphabet).log_softmax(-1)  # (B, M, L, A)
         chars = strings[:, None].expand(-1, m, -1, -1)  # (B, M, N, L)
-        return logp.gather(3, chars.transpose(2, 3)).sum(
-            2
-        )  # Σ_l log p(char_l of class n): (B, M, N)
+        # Σ_l log p(char_l of class n): (B, M, N)
+        return logp.gather(3, chars.transpose(2, 3)).sum(2)
 
     def protocol_report(self, split: Any, eval_cfg: Any) -> dict[str, Any]:
         """Santoro et al.'s sequence protocol on the evaluation split: accuracy by instance

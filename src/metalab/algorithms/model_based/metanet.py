@@ -82,12 +82,10 @@ class MetaNet(MetaLearner):
     ) -> None:
         super().__init__(options, input_shape, ways)
         o, c = options, input_shape[0]
-        self.base_body = build_backbone(
-            o.backbone, in_channels=c, hidden=o.hidden
-        )  # b's convolutions
-        self.repr_body = build_backbone(
-            o.backbone, in_channels=c, hidden=o.hidden
-        )  # u's convolutions
+        # b's convolutions
+        self.base_body = build_backbone(o.backbone, in_channels=c, hidden=o.hidden)
+        # u's convolutions
+        self.repr_body = build_backbone(o.backbone, in_channels=c, hidden=o.hidden)
         (d,) = output_shape(self.base_body, input_shape, f"backbone '{o.backbone}'")
         h = o.head_hidden
         self.w1 = nn.Parameter(torch.randn(h, d) / math.sqrt(d))  # b's slow hidden layer W1
@@ -105,9 +103,8 @@ class MetaNet(MetaLearner):
     def task_fast_weights(self, feats: Tensor, labels: Tensor) -> Tensor:
         """Q* = d(∇_Q L_emb) from the support pairs: (B, S, D), (B, S) → (B, H, D)."""
         with torch.enable_grad():
-            q = (
-                self.q.detach().expand(labels.shape[0], -1, -1).clone().requires_grad_()
-            )  # one copy per task
+            # one copy per task
+            q = self.q.detach().expand(labels.shape[0], -1, -1).clone().requires_grad_()
             r = F.normalize(F.relu(feats.detach() @ q.transpose(1, 2)), dim=-1)  # (B, S, H)
             same = (labels[:, :, None] == labels[:, None, :]).float()  # (B, S, S)
             pairs = 1 - torch.eye(labels.shape[1], device=labels.device)  # all pairs i ≠ j
@@ -115,9 +112,8 @@ class MetaNet(MetaLearner):
                 5 * r @ r.transpose(1, 2), same, reduction="none"
             )
             task_losses = (loss * pairs).sum((1, 2)) / pairs.sum().clamp_min(1)  # (B,)
-            (grads,) = torch.autograd.grad(
-                task_losses.sum(), q
-            )  # (B, H, D): each task's own gradient
+            # (B, H, D): each task's own gradient
+            (grads,) = torch.autograd.grad(task_losses.sum(), q)
         return self.d(grads)
 
     def example_fast_weights(self, feats: Tensor, labels: Tensor) -> Tensor:
@@ -126,9 +122,8 @@ class MetaNet(MetaLearner):
         feats = feats.detach()
         pre = feats @ self.w1.T.detach()  # (B, S, H)
         hid = F.relu(pre)
-        err = (hid @ self.w2.T.detach()).softmax(-1) - F.one_hot(
-            labels, self.ways
-        ).float()  # ∂L/∂logits (B, S, N)
+        # ∂L/∂logits (B, S, N)
+        err = (hid @ self.w2.T.detach()).softmax(-1) - F.one_hot(labels, self.ways).float()
         g2 = err[..., :, None] * hid[..., None, :]  # (B, S, N, H)
         delta = (err @ self.w2.detach()) * (pre > 0)  # (B, S, H)
         g1 = delta[..., :, None] * feats[..., None, :]  # (B, S, H, D)
@@ -151,9 +146,8 @@ class MetaNet(MetaLearner):
         w1_fast = fast[..., : h * d].unflatten(-1, (h, d))  # (B, M, H, D)
         w2_fast = fast[..., h * d :].unflatten(-1, (self.ways, h))  # (B, M, N, H)
         fq = base[:, s:]  # (B, M, D)
-        hid = F.relu(fq @ self.w1.T) + F.relu(
-            (w1_fast @ fq[..., None]).squeeze(-1)
-        )  # layer augmentation
+        # layer augmentation
+        hid = F.relu(fq @ self.w1.T) + F.relu((w1_fast @ fq[..., None]).squeeze(-1))
         return hid @ self.w2.T + (w2_fast @ hid[..., None]).squeeze(-1)
 
     def meta_loss(self, episode: Episode) -> StepOutput:

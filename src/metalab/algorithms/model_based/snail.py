@@ -97,9 +97,8 @@ class DenseBlock(nn.Module):
         b, s, c = prefix.shape
         d = self.dilation
         past = F.pad(prefix, (0, 0, d, 0))[:, :s]  # x_{t−d}, zeros before the start
-        tail_past = (
-            prefix[:, s - d] if s >= d else prefix.new_zeros(b, c)
-        )  # the query sits at position s
+        # the query sits at position s
+        tail_past = prefix[:, s - d] if s >= d else prefix.new_zeros(b, c)
         return (
             torch.cat([prefix, self.gated(past, prefix)], -1),
             torch.cat([tail, self.gated(tail_past[:, None].expand_as(tail), tail)], -1),
@@ -122,11 +121,8 @@ class AttentionBlock(nn.Module):
         logits = self.query(prefix) @ k.transpose(1, 2) * self.scale  # (B, S, S)
         causal = torch.ones(s, s, dtype=torch.bool, device=prefix.device).tril()
         read = logits.masked_fill(~causal, float("-inf")).softmax(-1) @ v
-        q_t, k_t, v_t = (
-            self.query(tail),
-            self.key(tail),
-            self.value(tail),
-        )  # each query: the prefix and itself
+        # each query: the prefix and itself
+        q_t, k_t, v_t = self.query(tail), self.key(tail), self.value(tail)
         tail_logits = (
             torch.cat([q_t @ k.transpose(1, 2), (q_t * k_t).sum(-1, keepdim=True)], -1) * self.scale
         )
@@ -154,9 +150,8 @@ class SNAIL(MetaLearner):
         hidden: int = option(64, ge=1)  # embedding conv filters (paper: 64); vectors: MLP units
         features: int = option(64, ge=1)  # embedding size (paper: 64)
         tc_filters: int = 128  # D of both TC blocks (paper: 128)
-        attention: list[list[int]] | None = (
-            None  # (key, value) sizes of the 3 attention blocks; None: paper's
-        )
+        # (key, value) sizes of the 3 attention blocks; None: paper's
+        attention: list[list[int]] | None = None
 
     def __init__(
         self, options: SNAIL.Config, input_shape: tuple[int, ...], ways: int = 5, shots: int = 1

@@ -86,13 +86,11 @@ class MAML(MetaLearner):
         # inner steps at test time (paper: 3 for 5-way, 5 for 20-way)
         eval_inner_steps: int = option(3, ge=0)
         first_order: bool = False  # first-order MAML: no second derivatives through the inner loop
-        learn_inner_lr: bool = (
-            False  # Meta-SGD: a learnable α per parameter entry, initialised to inner_lr
-        )
+        # Meta-SGD: a learnable α per parameter entry, initialised to inner_lr
+        learn_inner_lr: bool = False
         adapt: str = "all"  # parameters adapted in the inner loop: all (MAML) | head (ANIL)
-        nil: bool = (
-            False  # ANIL's NIL at test time: no head, cosine-similarity vote over the support set
-        )
+        # ANIL's NIL at test time: no head, cosine-similarity vote over the support set
+        nil: bool = False
         # tasks of a meta-batch: vmap | loop | auto (the faster, timed on the first batch)
         parallel: str = "auto"
         # Kao et al. 2022's zeroing trick: the head starts every task at zero (not meta-learned)
@@ -166,10 +164,8 @@ class MAML(MetaLearner):
         # ANIL: the body is fixed within the task, so its features are computed once
         if o.adapt == "head":
             body = fn.subset(net, "backbone")
-            fs, fq = (
-                fn.call(self.net.backbone, body, sx),
-                fn.call(self.net.backbone, body, qx),
-            )  # (S, D), (M, D)
+            # (S, D), (M, D)
+            fs, fq = fn.call(self.net.backbone, body, sx), fn.call(self.net.backbone, body, qx)
             head = self.net.head
             fast = fn.sgd(
                 lambda p: self.task_loss(fn.call(head, p, fs), sy),
@@ -230,9 +226,8 @@ class MAML(MetaLearner):
             F.normalize(embed(episode.query_x), dim=-1),
         )
         weights = torch.softmax(fq @ fs.transpose(1, 2), dim=-1)  # (B, N*Q, N*K)
-        votes = weights @ F.one_hot(episode.support_y, episode.ways).to(
-            weights.dtype
-        )  # (B, N*Q, N)
+        # (B, N*Q, N)
+        votes = weights @ F.one_hot(episode.support_y, episode.ways).to(weights.dtype)
         return votes.clamp_min(1e-12).log()
 
 
@@ -266,9 +261,8 @@ class ANIL(MAML):
 
     @dataclass
     class Config(MAML.Config):
-        adapt: str = (
-            "head"  # only the head adapts in the inner loop; the body is learned in the outer loop
-        )
+        # only the head adapts in the inner loop; the body is learned in the outer loop
+        adapt: str = "head"
 
 
 @ALGORITHMS.register("pretrain")

@@ -125,17 +125,14 @@ class MetaLSTM(MetaLearner):
     class Config:
         backbone: str = "conv4"  # the learner's body (built with track_running_stats=False)
         hidden: int = option(32, ge=1)  # learner filters per conv block (paper: 32)
-        inner_steps: int = (
-            12  # T learner updates on the support set, in training and test (paper 1-shot: 12)
-        )
+        # T learner updates on the support set, in training and test (paper 1-shot: 12)
+        inner_steps: int = 12
         lstm_hidden: int = 20  # hidden units of the first (standard) LSTM layer (paper: 20)
         preprocess_p: float = 10.0  # p of the gradient/loss preprocessing (paper: 10)
-        forget_bias: float = (
-            5.0  # b_F at initialisation: f ≈ 0.993, keep the parameters (authors: U(4, 5))
-        )
-        input_bias: float = (
-            -4.5
-        )  # b_I at initialisation: i ≈ 0.011, a small step (authors: U(-5, -4))
+        # b_F at initialisation: f ≈ 0.993, keep the parameters (authors: U(4, 5))
+        forget_bias: float = 5.0
+        # b_I at initialisation: i ≈ 0.011, a small step (authors: U(-5, -4))
+        input_bias: float = -4.5
 
     def __init__(
         self, options: MetaLSTM.Config, input_shape: tuple[int, ...], ways: int = 5
@@ -159,9 +156,8 @@ class MetaLSTM(MetaLearner):
         # buffers).
         self._template = (net.to("meta"),)
         self.lstm = nn.LSTMCell(4, options.lstm_hidden)  # layer 1: preprocessed (∇, L) → h (P, 20)
-        self.cell = MetaLSTMCell(
-            options.lstm_hidden, options.forget_bias, options.input_bias
-        )  # layer 2
+        # layer 2
+        self.cell = MetaLSTMCell(options.lstm_hidden, options.forget_bias, options.input_bias)
 
     def learner(self, theta: Tensor, x: Tensor) -> Tensor:
         """The learner with flat parameters θ (P,) on a batch x (M, C, H, W) → logits (M, N)."""
@@ -185,9 +181,8 @@ class MetaLSTM(MetaLearner):
                 loss = F.cross_entropy(self.learner(at, sx), sy)
                 (grad,) = torch.autograd.grad(loss, at)
             loss = loss.detach()
-            x = torch.cat(
-                [preprocess(grad, p), preprocess(loss, p).expand(grad.shape[0], 2)], -1
-            )  # (P, 4)
+            # (P, 4)
+            x = torch.cat([preprocess(grad, p), preprocess(loss, p).expand(grad.shape[0], 2)], -1)
             h, c = self.lstm(x, (h, c))  # (P, 20)
             theta, f, i = self.cell(h, grad, (theta, f, i))
         return theta

@@ -59,16 +59,14 @@ class Reptile(MetaLearner):
         inner_optimizer: str = "adam"  # adam (paper, β1 = 0) | sgd
         inner_lr: float = option(0.001, gt=0)  # paper: Adam 1e-3
         inner_steps: int = option(5, ge=0)  # paper: 5 inner iterations in training
-        inner_batch: int = (
-            10  # support examples per inner step (paper: 10); 0 = the whole support set
-        )
+        # support examples per inner step (paper: 10); 0 = the whole support set
+        inner_batch: int = 10
         eval_inner_steps: int = option(50, ge=0)  # paper: 50 at test
         eval_inner_batch: int = option(5, ge=1)  # paper: 5 at test
         adam_beta1: float = option(0.0, ge=0, lt=1)  # paper: 0
         adam_beta2: float = option(0.999, ge=0, lt=1)
-        transductive: bool = (
-            True  # score the query set as one batch (paper's better-scoring variant)
-        )
+        # score the query set as one batch (paper's better-scoring variant)
+        transductive: bool = True
         parallel: str = "auto"  # tasks: vmap | loop | auto (the faster, timed on the first batch)
 
     def __init__(

@@ -124,16 +124,13 @@ class Baseline(MetaLearner):
         classes: int | None = option(None, ge=2)
         # linear (Baseline) | cosine (Baseline++): the pre-training and the fine-tuned head
         head: str = "linear"
-        cosine_scale: float | None = (
-            None  # s of the cosine head; None: the authors' 2 (≤ 200 classes) or 10
-        )
+        # s of the cosine head; None: the authors' 2 (≤ 200 classes) or 10
+        cosine_scale: float | None = None
         batch_size: int = option(16, ge=1)  # pre-training mini-batch (authors' code: 16)
-        classifier: str = (
-            "finetune"  # test time: finetune (a new head) | logistic | centroid (Tian et al. 2020)
-        )
-        finetune_backbone: bool = (
-            False  # finetune: also adapt the backbone (default: frozen, as in the paper)
-        )
+        # test time: finetune (a new head) | logistic | centroid (Tian et al. 2020)
+        classifier: str = "finetune"
+        # finetune: also adapt the backbone (default: frozen, as in the paper)
+        finetune_backbone: bool = False
         finetune_epochs: int = option(100, ge=1)  # passes over the support set (authors' code)
         finetune_batch: int = option(4, ge=1)  # support examples per fine-tuning step
         finetune_lr: float = option(0.01, gt=0)
@@ -305,15 +302,13 @@ class Baseline(MetaLearner):
         support = support.detach()
         heads = [self._new_head(ways, g, support.device) for g in generators]
         params = {k: torch.stack([h[k] for h in heads]) for k in heads[0]}
-        order = torch.stack([self._batches(s, g) for g in generators]).to(
-            support.device
-        )  # (B, epochs, S)
+        # (B, epochs, S)
+        order = torch.stack([self._batches(s, g) for g in generators]).to(support.device)
         scale, buffers = self.scale(ways), {}
         with torch.enable_grad():
             for epoch in range(self.options.finetune_epochs):
-                shuffled = support.gather(
-                    1, order[:, epoch, :, None].expand(-1, -1, d)
-                )  # (B, S, D) this epoch's order
+                # (B, S, D) this epoch's order
+                shuffled = support.gather(1, order[:, epoch, :, None].expand(-1, -1, d))
                 shuffled_y = labels.gather(1, order[:, epoch])  # (B, S)
                 for start in range(0, s, self.options.finetune_batch):
                     z = shuffled[:, start : start + self.options.finetune_batch]  # (B, m, D)
@@ -343,9 +338,8 @@ class Baseline(MetaLearner):
                 f"backbone.{k}": v.detach().clone() for k, v in self.backbone.named_parameters()
             }
             params |= {f"head.{k}": v for k, v in self._new_head(n, generator, sx.device).items()}
-            stats = {
-                k: v.clone() for k, v in self.backbone.named_buffers()
-            }  # BatchNorm never writes the model's
+            # BatchNorm never writes the model's
+            stats = {k: v.clone() for k, v in self.backbone.named_buffers()}
             order, buffers = self._batches(len(sx), generator).to(sx.device), {}
 
             def logits(p: dict[str, Tensor], x: Tensor) -> Tensor:
