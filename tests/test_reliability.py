@@ -420,10 +420,28 @@ def test_resume_finds_the_data_where_the_run_found_it(glyphs, tmp_path):
     assert state["config"]["data"]["data_dir"] == str(glyphs)
 
 
-def test_resume_keeps_the_length_of_a_cosine_schedule(tmp_path):
-    run(sinusoid(steps=2, lr_schedule="cosine"), tmp_path / "run")
-    with pytest.raises(ConfigError, match="cannot change on --resume with train.lr_schedule cos"):
-        run(sinusoid(steps=4, lr_schedule="cosine"), tmp_path / "run", resume=True)
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+def test_resume_keeps_the_length_of_an_annealing_schedule(tmp_path, schedule):
+    run(sinusoid(steps=2, lr_schedule=schedule), tmp_path / "run")
+    message = f"cannot change on --resume with train.lr_schedule {schedule}"
+    with pytest.raises(ConfigError, match=message):
+        run(sinusoid(steps=4, lr_schedule=schedule), tmp_path / "run", resume=True)
+
+
+def test_the_linear_schedule_anneals_to_zero_as_reptile_does():
+    """Nichol et al. 2018 (supervised-reptile): ε_i = ε · (1 − i / steps)."""
+    from metalab.config import parse_config
+    from metalab.engine.trainer import make_optimizer, make_schedule
+
+    t = parse_config({"train": {"lr": 1.0, "optimizer": "sgd", "steps": 4}}).train
+    t.lr_schedule = "linear"
+    opt = make_optimizer([torch.nn.Parameter(torch.zeros(1))], t)
+    schedule, rates = make_schedule(opt, t), []
+    for _ in range(5):
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        schedule.step()
+    assert rates == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0])
 
 
 # --- divergence: roll back to a state checked finite --------------------------------------------

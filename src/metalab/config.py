@@ -221,7 +221,8 @@ class TrainConfig(Checked):
     lr: float = option(1e-3, gt=0, le=10, flag="--lr")  # outer (meta) learning rate
     momentum: float = option(0.9, ge=0, lt=1)  # sgd only
     weight_decay: float = option(0.0, ge=0, le=1)
-    lr_schedule: str = option("step", choices=("constant", "step", "cosine"))
+    # cosine and linear anneal to 0 at train.steps
+    lr_schedule: str = option("step", choices=("constant", "step", "cosine", "linear"))
     # step schedule: multiply the rate by lr_gamma every lr_step steps
     lr_step: int = option(2000, ge=1, le=10**9)
     lr_gamma: float = option(0.5, gt=0, le=1)

@@ -69,7 +69,7 @@ from metalab.tasks.sources import load_split, split_names
 # run's record (config.yaml, best.pt, metrics.jsonl) means. Everything else is refused.
 RESUMABLE = frozenset(
     {
-        "train.steps",  # train longer (not with the cosine schedule, whose length it is)
+        "train.steps",  # train longer (not with cosine or linear schedules: their length)
         "train.max_minutes",  # the budget of one session
         "train.device",
         "train.checkpoint_every",
@@ -109,10 +109,13 @@ def make_schedule(
         return torch.optim.lr_scheduler.StepLR(opt, step_size=t.lr_step, gamma=t.lr_gamma)
     if t.lr_schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(t.steps, 1))
+    if t.lr_schedule == "linear":  # lr · (1 − step / steps): Reptile's annealing (Nichol et al.)
+        total = max(t.steps, 1)
+        return torch.optim.lr_scheduler.LinearLR(opt, 1.0, 0.0, total_iters=total)
     if t.lr_schedule == "constant":
         return torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=1.0)
     raise ConfigError(
-        f"train.lr_schedule '{t.lr_schedule}' is unknown; choices: constant, step, cosine"
+        f"train.lr_schedule '{t.lr_schedule}' is unknown; choices: constant, step, cosine, linear"
     )
 
 
@@ -332,10 +335,11 @@ class Trainer:
                     f"--steps {cfg.train.steps} is below the step {last} has reached "
                     f"({state['step']}); pass --steps {state['step']} or more to --resume"
                 )
-            if cfg.train.lr_schedule == "cosine":
+            if cfg.train.lr_schedule in ("cosine", "linear"):
                 raise ConfigError(
-                    f"--steps cannot change on --resume with train.lr_schedule cosine (its length "
-                    f"is train.steps = {old.train.steps}); resume with --steps {old.train.steps}"
+                    f"--steps cannot change on --resume with train.lr_schedule "
+                    f"{cfg.train.lr_schedule} (its length is train.steps = {old.train.steps}); "
+                    f"resume with --steps {old.train.steps}"
                 )
         self.changes = changed
         return cfg

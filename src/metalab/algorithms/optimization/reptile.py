@@ -20,9 +20,9 @@ inner iterations on mini-batches of 10 from 10 training shots per class, meta-ba
 
 Evaluation: ``transductive: true`` scores the whole query set in one batch (BatchNorm statistics of
 the query set); ``false`` scores each query example in a batch with the support set, as the authors'
-code does, so no query sees another. Deviations: inner mini-batches cycle through the support set in
-a fixed interleaved order (every class in every mini-batch) instead of reshuffling; the outer step's
-linear annealing is approximated by ``train.lr_schedule`` (cosine, or constant).
+code does, so no query sees another. The outer step is annealed linearly to 0 over ``train.steps``
+with ``train.lr_schedule: linear`` (the preset's). Deviation: inner mini-batches cycle through the
+support set in a fixed interleaved order (every class in every mini-batch) instead of reshuffling.
 """
 
 from __future__ import annotations
