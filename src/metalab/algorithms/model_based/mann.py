@@ -39,8 +39,9 @@ k_t exactly and a sharp read returns the current input's own key. Measured on th
 both options (batch 16, flat pixels) the accuracy by instance number started rising within 5
 minutes; with neither (Conv-4 features, batch 8) or with β alone (pixels, batch 16) it stayed at
 chance over the 200-300 steps tried (the paper trains for 100,000 episodes). (5) The paper's
-per-image random translations and rotations are not implemented; the engine's Adam replaces the
-paper's RMSProp. (6) ``encoder: conv4`` (Conv-4 features instead of raw pixels) is an option; the
+per-image random translations and rotations are not in the preset; ``data.augment`` (task
+augmentation, :mod:`metalab.tasks.augment`) applies such distortions to every image of every
+training sequence. The engine's Adam replaces the paper's RMSProp. (6) ``encoder: conv4`` (Conv-4 features instead of raw pixels) is an option; the
 paper and the CPU preset feed flattened pixels (on the CPU the Conv-4 took most of each step's
 time).
 
