@@ -445,18 +445,9 @@ class ClusterEpisodes:
         return self._rows[self._offsets[clusters][..., None] + within]
 
     def sample(self, generator: torch.Generator) -> Episode:
-        b, n, k, q = self.meta_batch, self.ways, self.shots, self.queries
         images = self.source.images
         x = to_float(images[self.sample_indices(generator).to(images.device)])  # (B, N, K+Q, ...)
-        y = torch.arange(n, device=x.device).view(1, n, 1)
-        return Episode(
-            x[:, :, :k].flatten(1, 2),
-            y.expand(b, n, k).reshape(b, n * k),
-            x[:, :, k:].flatten(1, 2),
-            y.expand(b, n, q).reshape(b, n * q),
-            n,
-            None,
-        )
+        return Episode.class_major(x, self.shots)
 
 
 def clustered_source(

@@ -48,6 +48,21 @@ class Episode:
     def tasks(self) -> int:
         return self.support_x.shape[0]
 
+    @classmethod
+    def class_major(cls, x: Tensor, shots: int, classes: Tensor | None = None) -> Episode:
+        """The episode of images ``x`` (B, N, K+Q, ...) whose first K per class are the support
+        set: class n gets label n, support and query sets in class-major order."""
+        b, n, m = x.shape[:3]
+        y = torch.arange(n, device=x.device).view(1, n, 1)
+        return cls(
+            x[:, :, :shots].flatten(1, 2),
+            y.expand(b, n, shots).reshape(b, n * shots),
+            x[:, :, shots:].flatten(1, 2),
+            y.expand(b, n, m - shots).reshape(b, n * (m - shots)),
+            n,
+            classes,
+        )
+
     def to(self, device: torch.device | str) -> Episode:
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
         return Episode(
@@ -153,21 +168,9 @@ class EpisodeSampler:
 
     def gather(self, classes: Tensor, index: Tensor) -> Episode:
         """Build the Episode for given indices, gathering the images on the dataset's device."""
-        b, n, _ = index.shape
-        k, q = self.shots, self.queries
         device = self.dataset.device
         x = to_float(self.dataset.images[index.to(device)])  # (B, N, K+Q, C, H, W)
-        y = torch.arange(n, device=device).view(1, n, 1)
-        support_y = y.expand(b, n, k).reshape(b, n * k)
-        query_y = y.expand(b, n, q).reshape(b, n * q)
-        return Episode(
-            x[:, :, :k].flatten(1, 2),
-            support_y,
-            x[:, :, k:].flatten(1, 2),
-            query_y,
-            n,
-            classes.to(device),
-        )
+        return Episode.class_major(x, self.shots, classes.to(device))
 
     def sample(self, generator: torch.Generator) -> Episode:
         return self.gather(*self.sample_indices(generator))

@@ -179,15 +179,7 @@ class UnsupervisedEpisodes:
         views = self.augment(views.flatten(0, 2), generator).view_as(views)
         if self.source.augment.support == "original":
             views = torch.cat([x[:, :, None], views[:, :, 1:]], dim=2)
-        y = torch.arange(n, device=x.device).view(1, n, 1)
-        return Episode(
-            views[:, :, :k].flatten(1, 2),
-            y.expand(b, n, k).reshape(b, n * k),
-            views[:, :, k:].flatten(1, 2),
-            y.expand(b, n, q).reshape(b, n * q),
-            n,
-            None,
-        )
+        return Episode.class_major(views, k)
 
 
 class AugmentedImages:
