@@ -7,11 +7,12 @@ import pytest
 import torch
 
 import metalab.algorithms  # noqa: F401
+from fixtures.blobs import blobs, scrambled, serve
 from metalab.config import ClustersConfig, DataConfig, parse_config
 from metalab.data.base import ClassIndexedDataset
 from metalab.engine.trainer import train
 from metalab.errors import ConfigError, DataError, MetalabError
-from metalab.tasks import clusters, sources
+from metalab.tasks import clusters
 from metalab.tasks.clusters import (
     ClusteredImages,
     ClusterTasks,
@@ -21,50 +22,13 @@ from metalab.tasks.clusters import (
     nearest,
 )
 from metalab.tasks.episodes import episode_sampler
-from metalab.tasks.sources import DatasetSpec, load_split
+from metalab.tasks.sources import load_split
 from metalab.tasks.unsupervised import AugmentedImages
 
 
 def synthetic(classes=12, per_class=10, seed=0):
     """Bright squares at class-specific places on noise: clusters a barely trained net can see."""
-    g = torch.Generator().manual_seed(seed)
-    images = (torch.rand(classes * per_class, 1, 28, 28, generator=g) * 40).to(torch.uint8)
-    for c in range(classes):
-        r, col = divmod(c, 4)
-        images[c * per_class : (c + 1) * per_class, 0, 7 * r : 7 * r + 7, 7 * col : 7 * col + 7] = (
-            255
-        )
-    per = [images[c * per_class : (c + 1) * per_class] for c in range(classes)]
-    return ClassIndexedDataset.from_class_tensors(
-        "synthetic", per, [f"c{c}" for c in range(classes)]
-    )
-
-
-def scrambled(dataset, seed=1):
-    """The same image rows under other labels (another partition into classes, other names)."""
-    g = torch.Generator().manual_seed(seed)
-    total = len(dataset.images)
-    cuts = torch.randperm(total - 1, generator=g)[: total // 4].add(1).sort().values
-    bounds = torch.cat([torch.tensor([0]), cuts, torch.tensor([total])])
-    n = len(bounds) - 1
-    return ClassIndexedDataset(
-        "synthetic",
-        dataset.images.clone(),
-        bounds[:-1].clone(),
-        bounds.diff(),
-        [f"x{i}" for i in range(n)],
-        torch.zeros(n, dtype=torch.int64),
-        [""],
-    )
-
-
-def serve(monkeypatch, train_split, test_split):
-    """Serve ``data.dataset`` from in-memory splits through the real load_split."""
-    spec = DatasetSpec(
-        load=lambda data, split: {"train": train_split, "test": test_split}[split],
-        splits=lambda data: ("train", "test"),
-    )
-    monkeypatch.setattr(sources, "dataset_spec", lambda data: spec)
+    return blobs(classes, per_class, square=7, columns=4, noise=40, seed=seed)
 
 
 def run_config(name="protonet", labels="none", clusters_=None, steps=2, **algorithm):

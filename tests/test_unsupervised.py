@@ -6,64 +6,27 @@ import torch
 import torch.nn.functional as F
 
 import metalab.algorithms  # noqa: F401
+from fixtures.blobs import blobs, scrambled, serve
 from metalab.algorithms.distances import squared_euclidean
 from metalab.algorithms.metric.protonet import ProtoNet
 from metalab.algorithms.transfer.contrastive import info_nce, nt_xent, supcon
 from metalab.config import parse_config
-from metalab.data.base import ClassIndexedDataset
 from metalab.engine.build import build_learner, load_learner
 from metalab.engine.evaluate import evaluate
 from metalab.engine.trainer import train
 from metalab.errors import ConfigError, DataError
-from metalab.tasks import sources
 from metalab.tasks.augment import augment_config
 from metalab.tasks.episodes import EpisodeSampler, FixedEpisodes, episode_sampler
-from metalab.tasks.sources import DatasetSpec, load_split
+from metalab.tasks.sources import load_split
 from metalab.tasks.unsupervised import AugmentedBatches, UnlabeledImages
 
 
 def synthetic(classes=30, per_class=5, seed=0):
     """Blobs at class-specific places, so that a few steps can learn something."""
-    g = torch.Generator().manual_seed(seed)
-    images = (torch.rand(classes * per_class, 1, 28, 28, generator=g) * 60).to(torch.uint8)
-    for c in range(classes):
-        r, col = divmod(c, 6)
-        images[c * per_class : (c + 1) * per_class, 0, 4 * r : 4 * r + 6, 4 * col : 4 * col + 6] = (
-            255
-        )
-    per = [images[c * per_class : (c + 1) * per_class] for c in range(classes)]
-    return ClassIndexedDataset.from_class_tensors(
-        "synthetic", per, [f"c{c}" for c in range(classes)]
-    )
+    return blobs(classes, per_class, square=6, columns=6, noise=60, seed=seed)
 
 
-def scrambled(dataset, seed=1):
-    """The same image rows under other labels: another partition into classes, other names and
-    groups."""
-    g = torch.Generator().manual_seed(seed)
-    total = len(dataset.images)
-    cuts = torch.randperm(total - 1, generator=g)[: total // 4].add(1).sort().values
-    bounds = torch.cat([torch.tensor([0]), cuts, torch.tensor([total])])
-    counts = bounds.diff()
-    n = len(counts)
-    return ClassIndexedDataset(
-        "scrambled",
-        dataset.images.clone(),
-        bounds[:-1].clone(),
-        counts,
-        [f"x{i}" for i in torch.randperm(n, generator=g).tolist()],
-        torch.randint(3, (n,), generator=g),
-        ["a", "b", "c"],
-    )
-
-
-def use_dataset(monkeypatch, train_split, test_split):
-    """Serve ``data.dataset`` from in-memory splits through the real load_split."""
-    spec = DatasetSpec(
-        load=lambda data, split: {"train": train_split, "test": test_split}[split],
-        splits=lambda data: ("train", "test"),
-    )
-    monkeypatch.setattr(sources, "dataset_spec", lambda data: spec)
+use_dataset = serve
 
 
 def run_config(name="protonet", labels="none", steps=3, **algorithm):
