@@ -49,6 +49,11 @@ def test_evaluate_and_compare(run: Path, tmp_path: Path) -> None:
     assert report["episodes"] == 10 and 0 <= report["accuracy"] <= 100
     again = metalab.evaluate(run, ways=3, shots=1, queries=2, episodes=10, device="cpu")
     assert again["accuracy"] == report["accuracy"]  # fixed episodes
+    # a run ensembled with itself scores as the run alone (the same probabilities)
+    twice = metalab.evaluate(
+        run, ways=3, shots=1, queries=2, episodes=10, device="cpu", ensemble=[run]
+    )
+    assert twice["accuracy"] == report["accuracy"] and len(twice["ensemble"]) == 2
     out = metalab.compare([run, run], tmp_path / "cmp", ways=[3], shots=[1], queries=2, episodes=5)
     assert (tmp_path / "cmp" / "compare.md").exists() and out["methods"]
 

@@ -85,14 +85,16 @@ def evaluate(
     data_dir: PathLike | None = None,
     device: str = "auto",
     checkpoint: str = "best",
+    ensemble: Sequence[PathLike] = (),
     registry: str | None = None,
 ) -> dict[str, Any]:
     """The field's protocol on a trained run: fixed test episodes (a function of split, ways,
     shots, queries, episodes and seed), ``accuracy`` and ``ci95`` in percent (``mse`` for
     regression) — the report ``metalab eval --json`` prints. Unset arguments take the run's
     ``eval:`` settings; ``dataset``/``data_dir`` score it on another dataset, decoded as the run's
-    own (cross-domain). Recorded in the run registry as ``metalab eval`` is (``registry`` as in
-    :func:`train`)."""
+    own (cross-domain); ``ensemble`` scores ``run`` with these runs, their class probabilities
+    averaged (``metalab eval --ensemble``). Recorded in the run registry as ``metalab eval`` is
+    (``registry`` as in :func:`train`)."""
     from metalab.engine.distributed import current_world
     from metalab.experiments.record import record_eval
     from metalab.protocols import PROTOCOLS, Evaluation, choose
@@ -108,9 +110,12 @@ def evaluate(
         data_dir=str(data_dir) if data_dir is not None else None,
         device=device,
         checkpoint=checkpoint,
+        ensemble=[str(r) for r in ensemble],
     )
     ev = Evaluation.load(run, options)
     report = choose(PROTOCOLS, ev).run(ev)
+    if ev.members:
+        report["ensemble"] = ev.members
     if current_world().is_main:
         record_eval(
             report, ev.cfg, ev.__dict__.get("split"), "metalab.evaluate(...)", registry, ev.data
