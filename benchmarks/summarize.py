@@ -62,8 +62,11 @@ def accuracy_rows(results: dict[str, dict]) -> list[str]:
             else:
                 setting = f"{e['dataset']}, K = {e['shots']}, {e['episodes']} tasks"
                 value = f"MSE {e['mse']:.3f} ± {e['ci95']:.3f} after 10 steps"
+            algorithm = e["algorithm"]
+            if e.get("ensemble"):  # metalab eval --ensemble: the runs' probabilities averaged
+                algorithm += f" (ensemble of {len(e['ensemble'])} runs)"
             rows.append(
-                f"| [{name}](benchmarks/results/{name}.json) | {e['algorithm']} | {training} | "
+                f"| [{name}](benchmarks/results/{name}.json) | {algorithm} | {training} | "
                 f"{setting} | {value} |"
             )
     return rows
