@@ -41,9 +41,9 @@ minutes; with neither (Conv-4 features, batch 8) or with β alone (pixels, batch
 chance over the 200-300 steps tried (the paper trains for 100,000 episodes). (5) The paper's
 per-image random translations and rotations are not in the preset; ``data.augment`` (task
 augmentation, :mod:`metalab.tasks.augment`) applies such distortions to every image of every
-training sequence. The engine's Adam replaces the paper's RMSProp. (6) ``encoder: conv4`` (Conv-4 features instead of raw pixels) is an option; the
-paper and the CPU preset feed flattened pixels (on the CPU the Conv-4 took most of each step's
-time).
+training sequence. The engine's Adam replaces the paper's RMSProp. (6) ``encoder: conv4`` (Conv-4
+features instead of raw pixels) is an option; the paper and the CPU preset feed flattened pixels
+(on the CPU the Conv-4 took most of each step's time).
 
 Standard N-way K-shot episodes (``predict``): the support set, interleaved by a fixed permutation,
 is the sequence prefix (labels delayed); each query is one more step from the prefix's final state
