@@ -109,7 +109,7 @@ OUT_OF_RANGE = [
     ("train.weight_decay=-0.1", r"train.weight_decay = -0.1"),
     ("train.max_minutes=-1", r"train.max_minutes = -1.0 \(--max-minutes\)"),
     ("train.optimizer=adamw", r"train.optimizer = 'adamw' is invalid: it must be one of adam, sgd"),
-    ("train.lr_schedule=linear", r"train.lr_schedule = 'linear' is invalid: .*constant, step, co"),
+    ("train.lr_schedule=exp", r"train.lr_schedule = 'exp' is invalid: .*step, cosine, linear"),
     ("data.channels=2", r"data.channels = 2 is invalid: it must be one of 1, 3"),
     ("data.rotations=[0, 45]", r"data.rotations = 45 is invalid: it must be one of 0, 90, 180"),
 ]
