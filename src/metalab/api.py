@@ -267,15 +267,15 @@ def _image_inputs(cfg: Config, state: dict, support, queries: list) -> tuple:
 
 
 def _text_inputs(learner, cfg: Config, state: dict, support, queries: list) -> tuple:
-    """Class names, sentences per class, and the support and query sentences embedded by the
-    run's encoder (``data.encoder``)."""
-    from metalab.data.text.support import embed_sentences, query_sentences, support_sentences
+    """Class names, sentences per class, and the support and query sentences as the run reads them
+    (embedded by its ``data.encoder``, or its token ids)."""
+    from metalab.data.text.support import query_sentences, sentence_inputs, support_sentences
 
     run = f"{state['path']} ('{cfg.data.dataset}')"
     names, texts = support_sentences(support, run)
     sentences = query_sentences(queries, run)
     flat = [t for class_texts in texts for t in class_texts]
     device = str(next(learner.parameters()).device)
-    vectors = embed_sentences(flat + sentences, cfg.data.encoder, device)
+    vectors = sentence_inputs(flat + sentences, cfg.data, device)
     counts = torch.tensor([len(t) for t in texts])
     return names, counts, vectors[: len(flat)], vectors[len(flat) :]

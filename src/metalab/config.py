@@ -183,6 +183,10 @@ class DataConfig(Checked):
     # text datasets: the sentence encoder (all-MiniLM-L6-v2, a local sentence-transformers folder,
     # or hash[-DIM]); sentences are embedded once by it and cached
     encoder: str = "all-MiniLM-L6-v2"
+    # text datasets: embeddings (sentences embedded once by the frozen encoder) | tokens (token ids,
+    # for algorithm.backbone transformer or transformer-topL, which fine-tune data.encoder)
+    text_input: str = option("embeddings", choices=("embeddings", "tokens"))
+    max_tokens: int = option(64, ge=2, le=4096)  # text_input tokens: sentences truncated to this
     # image datasets: given | none (the training split unlabeled: UMTRA tasks,
     # tasks/unsupervised.py) | clusters (k-means pseudo-labels: CACTUs, tasks/clusters.py)
     labels: str = option("given", choices=("given", "none", "clusters"))

@@ -3,6 +3,7 @@ checkpoint."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from metalab.algorithms.base import MetaLearner
 from metalab.config import Config, parse_config
 from metalab.engine.checkpoint import load_checkpoint, resolve_checkpoint
 from metalab.errors import CheckpointError, ConfigError
+from metalab.models.transformer import encoder_scope
 from metalab.registry import ALGORITHMS
 
 
@@ -38,7 +40,10 @@ def build_learner(cfg: Config, input_shape: tuple[int, ...], seed: int) -> MetaL
     """The configured algorithm with initial weights drawn from `seed` (the global RNG is left as it
     was)."""
     cls = ALGORITHMS.get(cfg.algorithm_name)
-    with torch.random.fork_rng(devices=[]):
+    scope = contextlib.nullcontext()
+    if cfg.data.text_input == "tokens":  # a 'transformer' backbone fine-tunes data.encoder
+        scope = encoder_scope(cfg.data.encoder)
+    with torch.random.fork_rng(devices=[]), scope:
         torch.manual_seed(seed)
         return cls.from_config(cfg, tuple(input_shape))
 

@@ -173,6 +173,13 @@ def split_names(data: DataConfig) -> tuple[str, ...]:
 def load_split(data: DataConfig, split: str) -> ClassIndexedDataset | SinusoidTasks:
     """One split of the configured dataset as a task source; the training split as ``data.labels``
     and ``data.augment`` make it (unlabeled or augmented: :mod:`metalab.tasks.unsupervised`)."""
+    from metalab.tasks.text_sources import TEXT_DATASETS
+
+    if data.text_input == "tokens" and data.dataset not in TEXT_DATASETS:
+        raise ConfigError(
+            f"data.text_input: tokens is for text datasets ({', '.join(TEXT_DATASETS)}), but "
+            f"data.dataset is '{data.dataset}'; remove data.text_input"
+        )
     source = dataset_spec(data).load(data, split)
     if split == data.train_split:
         from metalab.tasks.unsupervised import training_source

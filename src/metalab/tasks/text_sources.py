@@ -3,7 +3,9 @@
 
 Each split is a :class:`~metalab.data.base.ClassIndexedDataset` of sentence embeddings (input shape
 ``(dim,)``, 384 for the default all-MiniLM-L6-v2), embedded once by ``data.encoder`` and cached, so
-every algorithm runs on it with a vector backbone (``algorithm.backbone: mlp``). ``data.scheme``
+every algorithm runs on it with a vector backbone (``algorithm.backbone: mlp``). With
+``data.text_input: tokens`` a split holds token ids instead (``(max_tokens,)`` or shorter), for a
+backbone that fine-tunes the encoder (``transformer``, ``transformer-topL``). ``data.scheme``
 picks the class split (:data:`metalab.data.text.CLASS_SPLITS`; the config's default ``vinyals``
 means the dataset's ``default``); ``data.data_dir`` holds the dataset's folder (or ``text/<name>``),
 for ``text`` the user's file or a folder of ``train``, ``val``, ``test`` files.
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 from metalab.config import DataConfig
 from metalab.data.base import ClassIndexedDataset
-from metalab.data.text import corpus_info, read_dataset, split_names, text_split
+from metalab.data.text import corpus_info, read_dataset, split_names, text_split, token_split
 from metalab.registry import DATASETS
 from metalab.tasks.sources import DatasetSpec, data_dir_of
 
@@ -23,6 +25,8 @@ TEXT_DATASETS = ("clinc150", "banking77", "hwu64", "fewrel", "text")
 def _spec(name: str) -> DatasetSpec:
     def load(data: DataConfig, split: str) -> ClassIndexedDataset:
         corpus = read_dataset(name, data_dir_of(data), data.scheme)
+        if data.text_input == "tokens":
+            return token_split(corpus, data.scheme, split, data.encoder, data.max_tokens)
         return text_split(corpus, data.scheme, split, data.encoder)
 
     def splits(data: DataConfig) -> tuple[str, ...]:

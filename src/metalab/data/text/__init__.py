@@ -22,7 +22,7 @@ from metalab.data.text.banking77 import BANKING77_PARTS, read_banking77
 from metalab.data.text.clinc150 import CLINC150_PARTS, CLINC150_PER_INTENT, read_clinc150
 from metalab.data.text.corpus import LabelledTexts
 from metalab.data.text.datasets import READERS, corpus_info, dataset_root, read_dataset
-from metalab.data.text.embed import embed_corpus, embedding_cache_entry, text_split
+from metalab.data.text.embed import embed_corpus, embedding_cache_entry, text_split, token_split
 from metalab.data.text.fewrel import FEWREL_FILES, mark_entities, read_fewrel
 from metalab.data.text.files import (
     TEXT_LAYOUT,
@@ -78,4 +78,5 @@ __all__ = [
     "split_names",
     "split_rows",
     "text_split",
+    "token_split",
 ]

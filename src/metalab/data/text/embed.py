@@ -1,6 +1,7 @@
 """Sentences embedded once by a frozen encoder (:mod:`metalab.models.text`) and cached in
 ``$METALAB_CACHE`` under a fingerprint of the source files, the texts and the encoder; a class split
-as a :class:`ClassIndexedDataset` of embedding vectors."""
+as a :class:`ClassIndexedDataset` of embedding vectors, or of token ids for a fine-tuned encoder
+(:func:`token_split`)."""
 
 from __future__ import annotations
 
@@ -73,3 +74,21 @@ def text_split(
     embeddings = torch.zeros(len(corpus.texts), vectors.shape[1])
     embeddings[torch.tensor(flat)] = vectors
     return build_split(corpus, s, split, embeddings)
+
+
+def token_split(
+    corpus: LabelledTexts, scheme: str, split: str, encoder: str, max_tokens: int
+) -> ClassIndexedDataset:
+    """One class split of `corpus` as token ids ``(total, max_tokens)`` int32 by `encoder`'s
+    tokenizer (truncated, padded with its pad id), for a backbone that
+    fine-tunes the encoder (:mod:`metalab.models.transformer`). Not cached: a fast tokenizer takes
+    well under a second for a dataset's sentences."""
+    from metalab.models.transformer import tokenize
+
+    s = scheme_of(corpus.name, scheme)
+    classes, rows = split_rows(corpus, s, split)
+    flat = [r for class_rows in rows for r in class_rows]
+    ids = tokenize([corpus.texts[r] for r in flat], encoder, max_tokens)
+    table = torch.zeros(len(corpus.texts), ids.shape[1], dtype=ids.dtype)
+    table[torch.tensor(flat)] = ids
+    return build_split(corpus, s, split, table)

@@ -196,7 +196,8 @@ def split_rows(corpus: LabelledTexts, scheme: SplitScheme, split: str) -> tuple[
 def build_split(
     corpus: LabelledTexts, scheme: SplitScheme, split: str, embeddings: Tensor
 ) -> ClassIndexedDataset:
-    """A split as a class-indexed dataset of embedding vectors ``(total, dim)`` float32."""
+    """A split as a class-indexed dataset of one row of `embeddings` per sentence: embedding vectors
+    ``(total, dim)`` float32, or token ids."""
     classes, rows = split_rows(corpus, scheme, split)
     per_class = [embeddings[torch.tensor(r)] for r in rows]
     return ClassIndexedDataset.from_class_tensors(

@@ -1,7 +1,7 @@
 """Sentences for ``metalab predict`` on a run trained on text: a support set (a ``label,text`` CSV
 or JSONL file, read like a user's text data, or ``{label: [sentences]}``) and query sentences,
-checked and embedded by the run's own encoder (``data.encoder``), not cached: they are few and
-new."""
+checked and embedded by the run's own encoder (``data.encoder``; token ids for a run that fine-tuned
+it), not cached: they are few and new."""
 
 from __future__ import annotations
 
@@ -80,3 +80,13 @@ def embed_sentences(texts: list[str], encoder: str, device: str = "cpu") -> Tens
     from metalab.models.text import resolve_encoder
 
     return resolve_encoder(encoder).load(device).encode(texts).float().cpu()
+
+
+def sentence_inputs(texts: list[str], data, device: str = "cpu") -> Tensor:
+    """What a run trained with `data` (its DataConfig) reads for `texts`: embeddings by its frozen
+    encoder, or (``text_input: tokens``) token ids ``(len(texts), max_tokens)`` as float32."""
+    if data.text_input == "tokens":
+        from metalab.models.transformer import tokenize
+
+        return tokenize(texts, data.encoder, data.max_tokens).float()
+    return embed_sentences(texts, data.encoder, device)

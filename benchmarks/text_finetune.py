@@ -1,0 +1,225 @@
+"""Fine-tuned sentence encoder on K shots of every class, beside SetFit on the same draws.
+
+    python benchmarks/text_finetune.py --data-dir ../shared/data/text [--datasets banking77]
+        [--k 5 10] [--samples 5] [--steps 100] [--layers 2] [--setfit-steps 150]
+        [--out benchmarks/results/text-finetune-cpu.json]
+
+All classes, K shots (SetFit's setting, issue 15's second protocol): K sentences of every class are
+drawn from the published train part — the draws of benchmarks/text_fewshot.py's allclasses part
+for the same seed, so results pair draw by draw — and scored on the whole published test part.
+
+metalab: the K-shot sentences are written as a ``label,text`` file and ProtoNet is meta-trained on
+them with ``metalab.train`` (the public API), fine-tuning the top ``--layers`` transformer layers of
+all-MiniLM-L6-v2 (``data.text_input: tokens``, ``backbone: transformer-topL``; cosine distance,
+since the encoder's embeddings are L2-normalised): ``--ways``-way episodes of ⌊K/2⌋ support and
+K − ⌊K/2⌋ query sentences per class, Adam ``--lr``, ``--steps`` steps. The fine-tuned encoder then
+embeds the K-shot set and the test part, classified two ways: nearest class mean (cosine, ProtoNet's
+rule) and a logistic-regression head (scikit-learn's defaults, SetFit's head).
+
+SetFit (``--setfit-steps`` > 0): the ``setfit`` package with the same MiniLM body on the same draw,
+its contrastive phase capped at ``--setfit-steps`` steps of 16 pairs (SetFit's default would be
+20 pairs per sentence), then its logistic-regression head. Training seconds are recorded for both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from metalab.data.text import read_dataset
+from metalab.engine.evaluate import mean_ci95
+from metalab.models.transformer import tokenize
+from metalab.tools.provenance import write_result
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from text_fewshot import draw_shots  # noqa: E402  (the same K-shot draws)
+from text_setfit import row_split  # noqa: E402
+
+
+def write_kshot(path: Path, texts: list[str], labels: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["label", "text"])
+        writer.writerows(zip(labels, texts))
+
+
+@torch.no_grad()
+def embed(encoder: torch.nn.Module, ids: torch.Tensor, batch: int = 128) -> torch.Tensor:
+    encoder.eval()
+    return torch.cat([encoder(ids[i : i + batch].float()) for i in range(0, len(ids), batch)])
+
+
+def metalab_draw(args, run: Path, texts, labels, test_texts) -> dict:
+    import metalab
+    from metalab.config import parse_config
+
+    names = [f"c{int(y):03d}" for y in labels]  # class names sort as their indices
+    write_kshot(run / "data" / "train.csv", texts, names)
+    k = len(texts) // int(labels.max() + 1)
+    classes = int(labels.max()) + 1
+    cfg = parse_config(
+        {
+            "algorithm": {
+                "name": "protonet",
+                "backbone": f"transformer-top{args.layers}",
+                "distance": "cosine",
+                "cosine_scale": args.scale,
+            },
+            "data": {
+                "dataset": "text",
+                "data_dir": str(run / "data"),
+                "encoder": args.encoder,
+                "text_input": "tokens",
+                "max_tokens": args.max_tokens,
+                "val_split": None,
+            },
+            "train": {
+                "steps": args.steps,
+                "ways": min(args.ways, classes),
+                "shots": k // 2,
+                "queries": k - k // 2,
+                "lr": args.lr,
+                "lr_schedule": "constant",
+                "checkpoint_every": args.steps,
+                "tensorboard": False,
+            },
+            "eval": {"ways": 5, "shots": 1, "queries": 1, "episodes": 1},
+        },
+        "text_finetune.py",
+    )
+    start = time.perf_counter()
+    metalab.train(cfg, run / "run", registry="off")
+    train_seconds = time.perf_counter() - start
+    learner, _, _ = metalab.load_learner(run / "run", device="cpu", checkpoint="last")
+    start = time.perf_counter()
+    support = embed(learner.encoder, tokenize(texts, args.encoder, args.max_tokens))
+    test = embed(learner.encoder, tokenize(test_texts, args.encoder, args.max_tokens))
+    embed_seconds = time.perf_counter() - start
+    return {"train_seconds": train_seconds, "embed_seconds": embed_seconds} | heads(
+        support, labels, test
+    )
+
+
+def heads(support: torch.Tensor, labels: torch.Tensor, test: torch.Tensor) -> dict:
+    """Predicted test classes: nearest class mean by cosine, and logistic regression."""
+    from sklearn.linear_model import LogisticRegression
+
+    classes = int(labels.max()) + 1
+    means = torch.zeros(classes, support.shape[1]).index_add_(0, labels, support)
+    near = (F.normalize(test, dim=-1) @ F.normalize(means, dim=-1).T).argmax(-1)
+    clf = LogisticRegression(max_iter=1000).fit(support.numpy(), labels.numpy())
+    return {"nearest_prototype": near, "logistic_regression": torch.from_numpy(clf.predict(test))}
+
+
+def setfit_draw(args, run: Path, texts, labels, test_texts, seed: int) -> dict:
+    from datasets import Dataset
+    from setfit import SetFitModel, Trainer, TrainingArguments
+
+    from metalab.models.transformer import model_folder
+
+    data = Dataset.from_dict({"text": texts, "label": labels.tolist()})
+    model = SetFitModel.from_pretrained(str(model_folder(args.encoder)))
+    targs = TrainingArguments(
+        batch_size=16,
+        num_epochs=1,
+        num_iterations=20,
+        max_steps=args.setfit_steps,
+        seed=seed,
+        output_dir=str(run / "setfit"),
+        save_strategy="no",
+        report_to="none",
+        show_progress_bar=False,
+    )
+    start = time.perf_counter()
+    Trainer(model=model, args=targs, train_dataset=data).train()
+    train_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    pred = torch.as_tensor(model.predict(test_texts, batch_size=64)).long()
+    return {
+        "train_seconds": train_seconds,
+        "predict_seconds": time.perf_counter() - start,
+        "setfit": pred,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--encoder", default="all-MiniLM-L6-v2")
+    p.add_argument("--datasets", nargs="+", default=["banking77", "clinc150"])
+    p.add_argument("--k", type=int, nargs="+", default=[5, 10])
+    p.add_argument("--samples", type=int, default=5)
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--layers", type=int, default=2, help="top transformer layers fine-tuned")
+    p.add_argument("--ways", type=int, default=20)
+    p.add_argument("--lr", type=float, default=2e-5)
+    p.add_argument("--scale", type=float, default=20.0, help="cosine_scale")
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--setfit-steps", type=int, default=0, help="0: no SetFit")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--runs", default="runs/text-finetune")
+    p.add_argument("--out", default="benchmarks/results/text-finetune-cpu.json")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    results: dict = {
+        "encoder": args.encoder,
+        "metalab": {
+            "algorithm": "protonet",
+            "backbone": f"transformer-top{args.layers}",
+            "steps": args.steps,
+            "ways": args.ways,
+            "lr": args.lr,
+            "cosine_scale": args.scale,
+        },
+        "setfit": {"max_steps": args.setfit_steps, "batch_size": 16, "num_iterations": 20},
+        "datasets": {},
+    }
+    for name in args.datasets:
+        corpus = read_dataset(name, Path(args.data_dir))
+        train, test = row_split(corpus, "train"), row_split(corpus, "test")
+        test_texts = [corpus.texts[int(r)] for r in test.images[:, 0]]
+        test_labels = torch.repeat_interleave(torch.arange(test.num_classes), test.counts)
+        out: dict = {"classes": test.num_classes, "test_sentences": len(test_texts)}
+        for k in args.k:
+            draws = []
+            for seed in range(args.samples):
+                picked, labels = draw_shots(train, k, seed)
+                texts = [corpus.texts[int(r)] for r in picked[:, 0]]
+                run = Path(args.runs) / f"{name}-K{k}-seed{seed}"
+                row: dict = {"seed": seed}
+                got = metalab_draw(args, run, texts, labels, test_texts)
+                if args.setfit_steps > 0:
+                    got |= {
+                        f"setfit_{k}": v
+                        for k, v in setfit_draw(args, run, texts, labels, test_texts, seed).items()
+                    }
+                for key, value in got.items():
+                    if isinstance(value, torch.Tensor):
+                        row[key] = round(100 * float((value == test_labels).float().mean()), 2)
+                    else:
+                        row[key] = round(value, 1)
+                draws.append(row)
+                print(name, k, row, file=sys.stderr, flush=True)
+            summary = {}
+            for method in ("nearest_prototype", "logistic_regression", "setfit_setfit"):
+                if method in draws[0]:
+                    mean, ci = mean_ci95(torch.tensor([d[method] for d in draws]))
+                    summary[method] = {"accuracy": round(mean, 2), "ci95": round(ci, 2)}
+            out[f"K={k}"] = {"summary": summary, "draws": draws}
+        results["datasets"][name] = out
+    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    print(write_result(args.out, command, results))
+
+
+if __name__ == "__main__":
+    main()

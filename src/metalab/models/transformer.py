@@ -1,0 +1,204 @@
+"""A sentence-transformers encoder as a trainable backbone: token ids in, sentence embeddings out.
+
+The fine-tuned text mode (``data.text_input: tokens``, issue 15): instead of embedding every
+sentence once with a frozen encoder (:mod:`metalab.models.text`), a split holds each sentence's
+token ids and the learner's backbone is the encoder itself, trained by the meta-learner —
+ProtoNet end to end, or only the top L transformer layers (the bottom layers and the token
+embeddings stay frozen and run in eval mode, without dropout and without a gradient graph).
+
+Backbone names (``algorithm.backbone``): ``transformer`` trains every weight; ``transformer-topL``
+trains the last L transformer layers (L ≥ 1). The model is the run's ``data.encoder`` — the
+tokenizer that made the ids and the model that reads them must be the same — so the backbone is
+built inside :func:`encoder_scope`, which :func:`metalab.engine.build.build_learner` opens from
+the run's config; outside it, building a ``transformer`` backbone is refused in one line.
+
+Inputs: ``(batch, max_tokens)`` token ids (any dtype; padded with the tokenizer's pad id, which
+also marks the attention mask); a batch runs sorted by length in chunks, each cut to its longest
+sentence.
+Output: the encoder's sentence embedding (its own pooling and normalisation), ``(batch, dim)``.
+
+    ids = tokenize(["book a flight", "what's my balance"], "all-MiniLM-L6-v2", max_tokens=64)
+    with encoder_scope("all-MiniLM-L6-v2"):
+        net = build_backbone("transformer-top2", in_channels=64, hidden=64)
+    net(ids.float())                                    # (2, 384)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import json
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from metalab.errors import ConfigError
+from metalab.registry import BACKBONES
+
+_ENCODER: contextvars.ContextVar[str | None] = contextvars.ContextVar("encoder", default=None)
+NAME = re.compile(r"transformer(?:-top(\d+))?")
+
+
+@contextlib.contextmanager
+def encoder_scope(encoder: str) -> Iterator[None]:
+    """Within it, a ``transformer`` backbone loads `encoder` (the run's ``data.encoder``)."""
+    token = _ENCODER.set(encoder)
+    try:
+        yield
+    finally:
+        _ENCODER.reset(token)
+
+
+def model_folder(encoder: str) -> Path:
+    """The local sentence-transformers folder `encoder` names; a hash encoder has none."""
+    from metalab.models.text import resolve_encoder
+
+    ref = resolve_encoder(encoder)
+    if ref.identity.get("kind") != "sentence-transformers":
+        raise ConfigError(
+            f"data.encoder '{encoder}' has no transformer to fine-tune (data.text_input: tokens); "
+            "give all-MiniLM-L6-v2 or a local sentence-transformers model folder"
+        )
+    return ref.sources[0]
+
+
+def _offline() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local folder: never ask the hub
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()  # no bar per model load
+
+
+def load_sentence_transformer(folder: Path):
+    _offline()
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(folder), device="cpu")
+
+
+@functools.lru_cache(maxsize=4)
+def load_tokenizer(folder: Path):
+    """The tokenizer of the sentence-transformers model in `folder` (its Transformer module's
+    folder, from ``modules.json``), without loading the weights."""
+    _offline()
+    from transformers import AutoTokenizer
+
+    body = folder
+    modules = folder / "modules.json"
+    if modules.is_file():
+        for module in json.loads(modules.read_text()):
+            if module.get("type", "").endswith("models.Transformer"):
+                body = folder / module.get("path", "")
+                break
+    return AutoTokenizer.from_pretrained(str(body))
+
+
+def tokenize(texts: list[str], encoder: str, max_tokens: int) -> Tensor:
+    """``(len(texts), max_tokens)`` int32 token ids by `encoder`'s tokenizer, truncated and padded
+    with its pad id to `max_tokens` (every split and every prediction has the run's input shape;
+    the backbone cuts each batch to its longest sentence)."""
+    tokenizer = load_tokenizer(model_folder(encoder))
+    out = tokenizer(
+        list(texts),
+        truncation=True,
+        max_length=max_tokens,
+        padding="max_length",
+        return_tensors="pt",
+    )
+    return out["input_ids"].to(torch.int32)
+
+
+def transformer_layers(model: nn.Module) -> nn.ModuleList:
+    """The stack of transformer layers of a Hugging Face model (BERT: ``encoder.layer``): the
+    module list as long as ``config.num_hidden_layers``."""
+    depth = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == depth:
+            return module
+    raise ConfigError(f"{type(model).__name__}: no list of {depth} transformer layers found")
+
+
+@BACKBONES.register("transformer")
+class TransformerBackbone(nn.Module):
+    """The run's sentence encoder, trained: every weight (``top=None``) or its last `top` layers.
+
+    Shapes: (batch, T) token ids → (batch, dim)."""
+
+    CHUNK = 32  # sentences per forward pass
+
+    def __init__(
+        self,
+        in_channels: int = 64,
+        hidden: int = 64,
+        track_running_stats: bool = True,
+        top: int | None = None,
+    ) -> None:
+        super().__init__()
+        del in_channels, hidden, track_running_stats  # the encoder fixes its own shape
+        encoder = _ENCODER.get()
+        if encoder is None:
+            raise ConfigError(
+                "backbone 'transformer' reads sentences as token ids: set data.text_input: tokens "
+                "on a text dataset (it fine-tunes data.encoder)"
+            )
+        self.model = load_sentence_transformer(model_folder(encoder))
+        self.pad_id = int(self.model.tokenizer.pad_token_id or 0)
+        self.dim = int(
+            (
+                getattr(self.model, "get_embedding_dimension", None)
+                or (self.model.get_sentence_embedding_dimension)
+            )()
+        )
+        layers = transformer_layers(self.model[0].auto_model)
+        if top is not None and not 1 <= top <= len(layers):
+            raise ConfigError(
+                f"backbone 'transformer-top{top}': the encoder has {len(layers)} layers; "
+                f"give transformer-top1 .. transformer-top{len(layers)}, or transformer for all"
+            )
+        self.frozen: list[nn.Module] = []
+        if top is not None:
+            self.model.requires_grad_(False)
+            for layer in layers[len(layers) - top :]:
+                layer.requires_grad_(True)
+            self.frozen = [m for m in self.model.modules() if m is not self.model]
+            trained = {id(m) for layer in layers[len(layers) - top :] for m in layer.modules()}
+            self.frozen = [
+                m for m in self.frozen if id(m) not in trained and not list(m.children())
+            ]
+        self.train(True)
+
+    def train(self, mode: bool = True) -> TransformerBackbone:
+        super().train(mode)
+        for module in self.frozen:  # frozen layers: no dropout, as when embedding once
+            module.eval()
+        return self
+
+    def forward(self, ids: Tensor) -> Tensor:
+        """Sentences sorted by length and run in chunks of :attr:`CHUNK`, each cut to its longest
+        sentence (as sentence-transformers' ``encode`` does): short sentences are not padded to
+        the batch's longest. Outputs in input order."""
+        ids = ids.flatten(1).long()
+        lengths = (ids != self.pad_id).sum(1)
+        order = lengths.argsort(descending=True)
+        out = []
+        for chunk in order.split(self.CHUNK):
+            length = max(int(lengths[chunk[0]]), 1)
+            part = ids[chunk, :length]
+            features = {"input_ids": part, "attention_mask": (part != self.pad_id).long()}
+            out.append(self.model(features)["sentence_embedding"])
+        return torch.cat(out).index_select(0, order.argsort())
+
+
+def build_transformer(name: str, **kwargs) -> nn.Module | None:
+    """``transformer`` or ``transformer-topL`` built (None for any other backbone name)."""
+    match = NAME.fullmatch(name)
+    if match is None:
+        return None
+    top = int(match.group(1)) if match.group(1) else None
+    return TransformerBackbone(**kwargs, top=top)
