@@ -27,6 +27,7 @@ import argparse
 import csv
 import os
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -96,6 +97,7 @@ def metalab_draw(args, run: Path, texts, labels, test_texts) -> dict:
         },
         "text_finetune.py",
     )
+    shutil.rmtree(run / "run", ignore_errors=True)  # this script's scratch run of the draw
     start = time.perf_counter()
     metalab.train(cfg, run / "run", registry="off")
     train_seconds = time.perf_counter() - start

@@ -62,12 +62,14 @@ TaskFn = Callable[..., tuple[Tensor, Tensor]]
 
 
 def parameters(module: nn.Module, prefix: str | None = None) -> Params:
-    """The module's live parameters by name (one name per tensor), optionally those under
-    ``prefix``."""
+    """The module's live trainable parameters by name (one name per tensor), optionally those under
+    ``prefix``. Frozen weights (``requires_grad=False``, e.g. the lower layers of a
+    ``transformer-topL`` backbone) are neither adapted nor meta-learned: :func:`call` takes them
+    from the module."""
     return {
         k: p
         for k, p in module.named_parameters()
-        if prefix is None or k == prefix or k.startswith(prefix + ".")
+        if p.requires_grad and (prefix is None or k == prefix or k.startswith(prefix + "."))
     }
 
 
@@ -192,9 +194,10 @@ class AutoParallel:
     CPU ``metalab bench`` measured the loop 2.3× faster with 15 queries and even with 1), so nothing
     is assumed: the first time :meth:`choose` sees a signature ``key`` it runs ``trial(impl)`` for
     each implementation twice — a warm-up, then timed — and keeps the faster for every later call
-    with that key. A trial that runs out of memory counts as infinitely slow. Both implementations
-    agree to round-off, so the choice changes speed, not results; bit-identical reruns across
-    machines need an explicit ``parallel``.
+    with that key. A trial that runs out of memory counts as infinitely slow, and so does a vmap
+    trial that fails (a network with data-dependent shapes, like the ``transformer`` backbone).
+    Both implementations agree to round-off, so the choice changes speed, not results;
+    bit-identical reruns across machines need an explicit ``parallel``.
 
         auto = AutoParallel()
         impl = auto.choose(
@@ -247,4 +250,8 @@ class AutoParallel:
         except torch.OutOfMemoryError:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+            return math.inf
+        except RuntimeError:  # a network vmap cannot run (data-dependent shapes): the loop
+            if impl != "vmap":
+                raise
             return math.inf

@@ -131,6 +131,7 @@ class TransformerBackbone(nn.Module):
     Shapes: (batch, T) token ids → (batch, dim)."""
 
     CHUNK = 32  # sentences per forward pass
+    vmappable = False  # chunks are cut by sentence length: data-dependent shapes
 
     def __init__(
         self,

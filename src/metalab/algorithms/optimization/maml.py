@@ -62,7 +62,7 @@ from torch import Tensor, nn
 
 from metalab import functional as fn
 from metalab.algorithms.base import MetaLearner, StepOutput, accuracy
-from metalab.algorithms.optimization.network import build_network
+from metalab.algorithms.optimization.network import build_network, check_parallel
 from metalab.config import option
 from metalab.errors import ConfigError
 from metalab.registry import ALGORITHMS
@@ -118,6 +118,7 @@ class MAML(MetaLearner):
         self.auto = fn.AutoParallel()  # parallel: auto's measured choices
         self.task_loss = F.mse_loss if ways == 0 else F.cross_entropy  # inner and outer loss
         self.net = build_network(options.backbone, options.hidden, input_shape, ways)
+        check_parallel(self.net, options.parallel, "maml")
         if options.zero_head:  # the head's weights are never used (task() starts it at zero)
             nn.init.zeros_(self.net.head.weight)
             nn.init.zeros_(self.net.head.bias)

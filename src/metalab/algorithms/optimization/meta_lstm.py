@@ -146,6 +146,12 @@ class MetaLSTM(MetaLearner):
             raise ConfigError(
                 "meta_lstm is a classification method: ways must be at least 1 (no regression)"
             )
+        if options.backbone.startswith("transformer"):
+            raise ConfigError(
+                f"meta_lstm updates every weight through its LSTM cell ({options.lstm_hidden} "
+                f"states per weight), and a transformer backbone ('{options.backbone}') has "
+                "millions of weights: use maml, anil or reptile to adapt a transformer"
+            )
         net = build_network(options.backbone, options.hidden, input_shape, ways)
         self.names = [k for k, _ in net.named_parameters()]
         self.shapes = [p.shape for _, p in net.named_parameters()]

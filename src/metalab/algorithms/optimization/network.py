@@ -14,7 +14,19 @@ from collections import OrderedDict
 from torch import nn
 
 from metalab.algorithms.base import output_shape
+from metalab.errors import ConfigError
 from metalab.models import build_backbone
+
+
+def check_parallel(net: nn.Module, parallel: str, name: str) -> None:
+    """Refuse ``parallel: vmap`` for a backbone that cannot run under vmap (``vmappable = False``:
+    the ``transformer`` backbone cuts batches by sentence length); ``auto`` finds that out alone."""
+    if parallel == "vmap" and not getattr(net.backbone, "vmappable", True):
+        raise ConfigError(
+            f"{name} with algorithm.parallel: vmap, but backbone "
+            f"'{type(net.backbone).__name__}' cannot run under vmap (its shapes depend on the "
+            "data); set algorithm.parallel: loop (or auto)"
+        )
 
 
 def build_network(

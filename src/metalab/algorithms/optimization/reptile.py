@@ -35,7 +35,7 @@ from torch import Tensor
 
 from metalab import functional as fn
 from metalab.algorithms.base import MetaLearner, StepOutput, accuracy
-from metalab.algorithms.optimization.network import build_network
+from metalab.algorithms.optimization.network import build_network, check_parallel
 from metalab.config import option
 from metalab.errors import ConfigError
 from metalab.registry import ALGORITHMS
@@ -84,6 +84,7 @@ class Reptile(MetaLearner):
             )
         self.auto = fn.AutoParallel()  # parallel: auto's measured choices
         self.net = build_network(options.backbone, options.hidden, input_shape, ways)
+        check_parallel(self.net, options.parallel, "reptile")
 
     def adapt(self, params: fn.Params, sx: Tensor, sy: Tensor, steps: int, batch: int) -> fn.Params:
         """k steps of SGD or Adam (Kingma & Ba 2015) on one task's support set: (S, C, H, W), (S,) →
