@@ -8,13 +8,20 @@ All classes, K shots (SetFit's setting, issue 15's second protocol): K sentences
 drawn from the published train part — the draws of benchmarks/text_fewshot.py's allclasses part
 for the same seed, so results pair draw by draw — and scored on the whole published test part.
 
-metalab: the K-shot sentences are written as a ``label,text`` file and ProtoNet is meta-trained on
-them with ``metalab.train`` (the public API), fine-tuning the top ``--layers`` transformer layers of
-all-MiniLM-L6-v2 (``data.text_input: tokens``, ``backbone: transformer-topL``; cosine distance,
-since the encoder's embeddings are L2-normalised): ``--ways``-way episodes of ⌊K/2⌋ support and
-K − ⌊K/2⌋ query sentences per class, Adam ``--lr``, ``--steps`` steps. The fine-tuned encoder then
-embeds the K-shot set and the test part, classified two ways: nearest class mean (cosine, ProtoNet's
-rule) and a logistic-regression head (scikit-learn's defaults, SetFit's head).
+metalab (``--methods``): the K-shot sentences are written as a ``label,text`` file and a learner is
+trained on them with ``metalab.train`` (the public API), fine-tuning the top ``--layers``
+transformer layers of all-MiniLM-L6-v2 (``data.text_input: tokens``, ``backbone:
+transformer-topL``), Adam ``--lr``, ``--steps`` steps:
+
+- ``protonet``: ``--ways``-way episodes of ⌊K/2⌋ support and K − ⌊K/2⌋ query sentences per class,
+  cosine distance (the encoder's embeddings are L2-normalised); result keys without prefix.
+- ``supcon``: SupCon on batches of ``--batch-size`` sentences, the two views of a sentence made
+  different by dropout (SimCSE) — contrastive fine-tuning as SetFit does on pairs; keys
+  ``supcon_*``.
+
+The fine-tuned encoder then embeds the K-shot set and the test part, classified two ways: nearest
+class mean (cosine, ProtoNet's rule) and a logistic-regression head (scikit-learn's defaults,
+SetFit's head).
 
 SetFit (``--setfit-steps`` > 0): the ``setfit`` package with the same MiniLM body on the same draw,
 its contrastive phase capped at ``--setfit-steps`` steps of 16 pairs (SetFit's default would be
@@ -59,22 +66,25 @@ def embed(encoder: torch.nn.Module, ids: torch.Tensor, batch: int = 128) -> torc
     return torch.cat([encoder(ids[i : i + batch].float()) for i in range(0, len(ids), batch)])
 
 
-def metalab_draw(args, run: Path, texts, labels, test_texts) -> dict:
+def metalab_draw(args, method: str, run: Path, texts, labels, test_texts) -> dict:
+    """Fine-tune with metalab's `method` on the draw; the heads on the fine-tuned embeddings."""
     import metalab
     from metalab.config import parse_config
 
     names = [f"c{int(y):03d}" for y in labels]  # class names sort as their indices
     write_kshot(run / "data" / "train.csv", texts, names)
-    k = len(texts) // int(labels.max() + 1)
     classes = int(labels.max()) + 1
+    k = len(texts) // classes
+    backbone = f"transformer-top{args.layers}"
+    if method == "protonet":  # episodes of the K-shot set
+        algorithm = {"distance": "cosine", "cosine_scale": args.scale}
+        episodes = {"ways": min(args.ways, classes), "shots": k // 2, "queries": k - k // 2}
+    else:  # supcon: batches of sentences, two dropout views each
+        algorithm = {"batch_size": args.batch_size, "classifier": "logistic"}
+        episodes = {"ways": 5, "shots": 1, "queries": 1}
     cfg = parse_config(
         {
-            "algorithm": {
-                "name": "protonet",
-                "backbone": f"transformer-top{args.layers}",
-                "distance": "cosine",
-                "cosine_scale": args.scale,
-            },
+            "algorithm": {"name": method, "backbone": backbone} | algorithm,
             "data": {
                 "dataset": "text",
                 "data_dir": str(run / "data"),
@@ -83,11 +93,9 @@ def metalab_draw(args, run: Path, texts, labels, test_texts) -> dict:
                 "max_tokens": args.max_tokens,
                 "val_split": None,
             },
-            "train": {
+            "train": episodes
+            | {
                 "steps": args.steps,
-                "ways": min(args.ways, classes),
-                "shots": k // 2,
-                "queries": k - k // 2,
                 "lr": args.lr,
                 "lr_schedule": "constant",
                 "checkpoint_every": args.steps,
@@ -97,14 +105,16 @@ def metalab_draw(args, run: Path, texts, labels, test_texts) -> dict:
         },
         "text_finetune.py",
     )
-    shutil.rmtree(run / "run", ignore_errors=True)  # this script's scratch run of the draw
+    out = run / method
+    shutil.rmtree(out, ignore_errors=True)  # this script's scratch run of the draw
     start = time.perf_counter()
-    metalab.train(cfg, run / "run", registry="off")
+    metalab.train(cfg, out, registry="off")
     train_seconds = time.perf_counter() - start
-    learner, _, _ = metalab.load_learner(run / "run", device="cpu", checkpoint="last")
+    learner, _, _ = metalab.load_learner(out, device="cpu", checkpoint="last")
+    encoder = learner.encoder if method == "protonet" else learner.backbone
     start = time.perf_counter()
-    support = embed(learner.encoder, tokenize(texts, args.encoder, args.max_tokens))
-    test = embed(learner.encoder, tokenize(test_texts, args.encoder, args.max_tokens))
+    support = embed(encoder, tokenize(texts, args.encoder, args.max_tokens))
+    test = embed(encoder, tokenize(test_texts, args.encoder, args.max_tokens))
     embed_seconds = time.perf_counter() - start
     return {"train_seconds": train_seconds, "embed_seconds": embed_seconds} | heads(
         support, labels, test
@@ -160,7 +170,9 @@ def main() -> None:
     p.add_argument("--datasets", nargs="+", default=["banking77", "clinc150"])
     p.add_argument("--k", type=int, nargs="+", default=[5, 10])
     p.add_argument("--samples", type=int, default=5)
+    p.add_argument("--methods", nargs="+", default=["protonet"], help="protonet, supcon")
     p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=64, help="supcon: sentences per step")
     p.add_argument("--layers", type=int, default=2, help="top transformer layers fine-tuned")
     p.add_argument("--ways", type=int, default=20)
     p.add_argument("--lr", type=float, default=2e-5)
@@ -176,7 +188,8 @@ def main() -> None:
     results: dict = {
         "encoder": args.encoder,
         "metalab": {
-            "algorithm": "protonet",
+            "methods": args.methods,
+            "supcon_batch_size": args.batch_size,
             "backbone": f"transformer-top{args.layers}",
             "steps": args.steps,
             "ways": args.ways,
@@ -199,7 +212,11 @@ def main() -> None:
                 texts = [corpus.texts[int(r)] for r in picked[:, 0]]
                 run = Path(args.runs) / f"{name}-K{k}-seed{seed}"
                 row: dict = {"seed": seed}
-                got = metalab_draw(args, run, texts, labels, test_texts)
+                got = {}
+                for method in args.methods:
+                    done = metalab_draw(args, method, run, texts, labels, test_texts)
+                    prefix = "" if method == "protonet" else f"{method}_"
+                    got |= {prefix + key: value for key, value in done.items()}
                 if args.setfit_steps > 0:
                     got |= {
                         f"setfit_{k}": v
@@ -213,8 +230,8 @@ def main() -> None:
                 draws.append(row)
                 print(name, k, row, file=sys.stderr, flush=True)
             summary = {}
-            for method in ("nearest_prototype", "logistic_regression", "setfit_setfit"):
-                if method in draws[0]:
+            for method in draws[0]:
+                if not method.endswith("seconds") and method != "seed":
                     mean, ci = mean_ci95(torch.tensor([d[method] for d in draws]))
                     summary[method] = {"accuracy": round(mean, 2), "ci95": round(ci, 2)}
             out[f"K={k}"] = {"summary": summary, "draws": draws}

@@ -209,3 +209,26 @@ def test_packaged_minilm_fine_tunes_from_its_frozen_embeddings():
     with torch.no_grad():
         got = net(tokenize(texts, "all-MiniLM-L6-v2", 64).float())
     assert got.shape == (3, 384) and torch.allclose(got, frozen, atol=1e-4)
+
+
+def test_supcon_views_of_sentences_differ_by_dropout_only(tiny):
+    """SupCon on sentences: both views are the token ids themselves (SimCSE); training them
+    moves the trainable layer; data.augment (image transforms) is refused for sentences."""
+    data = _data(tiny)
+    raw = {
+        "algorithm": {"name": "supcon", "backbone": "transformer-top1", "batch_size": 16},
+        "data": dataclasses.asdict(data),
+        "train": {"ways": 5, "shots": 1, "queries": 2},
+        "eval": {"ways": 5, "shots": 1, "queries": 2},
+    }
+    cfg = parse_config(raw, "test")
+    learner = build_learner(cfg, (16,), seed=0)
+    batch = learner.train_sampler(load_split(data, "train"), cfg).sample(torch.Generator())
+    assert batch.x1.shape == (16, 16) and batch.x1.equal(batch.x2) and batch.y is not None
+    learner.meta_loss(batch).loss.backward()
+    grads = {k for k, p in learner.named_parameters() if p.grad is not None}
+    assert any(".layer.1." in k for k in grads) and not any(".layer.0." in k for k in grads)
+    raw["data"] = raw["data"] | {"augment": {"strength": 1.0}}
+    cfg = parse_config(raw, "test")
+    with pytest.raises(ConfigError, match="remove data.augment"):
+        learner.train_sampler(load_split(cfg.data, "train"), cfg)

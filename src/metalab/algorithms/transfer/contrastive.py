@@ -39,6 +39,11 @@ head is dropped, the backbone is frozen, and the support set of each task is cla
 ``classifier: centroid`` (nearest centroid of L2-normalised embeddings) or ``logistic`` (Tian et al.
 2020's logistic regression on them).
 
+Sentences (a text dataset, ``data.text_input: tokens`` with a ``transformer`` backbone): the two
+views of a sentence are the sentence itself, made different by the encoder's dropout — SimCSE's
+views (Gao, Yao & Chen, EMNLP 2021); SupCon on them pulls the sentences of a class together, the
+contrastive fine-tuning that SetFit (Tunstall et al. 2022) does on sentence pairs.
+
 Defaults: a 2-layer projection head to 128 dimensions (SimCLR's output size); τ = 0.5 for SimCLR
 (one of the temperatures the paper compares; not tuned here) and 0.1 for SupCon (Khosla et al.'s);
 a batch of 256 images (512 views) instead of SimCLR's 4096, for a CPU. Deviations: metalab's
@@ -128,10 +133,10 @@ class ViewSampler:
     """Draws M distinct images of the training split and two augmentations of each.
 
     Args:
-        images: (total, C, H, W) uint8, on any device.
+        images: (total, C, H, W) uint8, on any device; or sentences (total, T).
         labels: (total,) class id of each image (SupCon), or None (SimCLR: never read).
         batch_size: M.
-        augment: the ``data.augment`` options.
+        augment: the ``data.augment`` options (for sentences: must be None).
     """
 
     def __init__(self, images: Tensor, labels: Tensor | None, batch_size: int, augment) -> None:
@@ -141,12 +146,23 @@ class ViewSampler:
                 "training images"
             )
         self.images, self.labels, self.batch_size = images, labels, batch_size
-        self.augment = Augment(augment)
+        # sentences (token ids or embeddings, (total, T)): both views are the input itself and
+        # differ by the encoder's dropout only, as in SimCSE (Gao et al., EMNLP 2021)
+        self.sentences = images.dim() == 2
+        if self.sentences and augment is not None:
+            raise ConfigError(
+                "data.augment transforms images, and this dataset holds sentences: remove "
+                "data.augment (the two views of a sentence differ by the encoder's dropout)"
+            )
+        self.augment = None if self.sentences else Augment(augment)
 
     def sample(self, generator: torch.Generator) -> ViewBatch:
         rows = distinct_rows(len(self.images), 1, self.batch_size, generator)[0]  # (M,) CPU
         x = to_float(self.images[rows.to(self.images.device)])  # (M, C, H, W)
-        views = self.augment(torch.cat([x, x]), generator)  # (2M, C, H, W)
+        if self.augment is None:
+            views = torch.cat([x, x])
+        else:
+            views = self.augment(torch.cat([x, x]), generator)  # (2M, C, H, W)
         y = None if self.labels is None else self.labels[rows].to(x.device)
         return ViewBatch(views[: len(x)], views[len(x) :], y)
 
@@ -213,6 +229,8 @@ class SimCLR(MetaLearner):
                 "supcon needs class labels and data.labels is none; use simclr or data.labels: "
                 "given"
             )
+        if images.dim() == 2:  # sentences: data.augment must be unset (ViewSampler)
+            augment = cfg.data.augment
         return ViewSampler(images, labels, self.options.batch_size, augment)
 
     @staticmethod
