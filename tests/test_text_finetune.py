@@ -123,6 +123,8 @@ def test_wrong_ways_are_one_line(tiny):
         build_backbone("transformer", in_channels=16, hidden=8)  # no encoder scope
     with pytest.raises(ConfigError, match="transformer-top1 .. transformer-top2"):
         _backbone(encoder, "transformer-top3")
+    with encoder_scope(str(encoder)), pytest.raises(ConfigError, match="max_tokens to 64 or"):
+        build_backbone("transformer", in_channels=100, hidden=8)  # 64 positions
     with pytest.raises(ConfigError, match="no transformer to fine-tune"):
         load_split(_data(tiny, encoder="hash-16"), "train")
     with pytest.raises(ConfigError, match="text_input: tokens is for text datasets"):

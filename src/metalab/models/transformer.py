@@ -141,7 +141,7 @@ class TransformerBackbone(nn.Module):
         top: int | None = None,
     ) -> None:
         super().__init__()
-        del in_channels, hidden, track_running_stats  # the encoder fixes its own shape
+        del hidden, track_running_stats  # the encoder fixes its own shape
         encoder = _ENCODER.get()
         if encoder is None:
             raise ConfigError(
@@ -156,7 +156,14 @@ class TransformerBackbone(nn.Module):
                 or (self.model.get_sentence_embedding_dimension)
             )()
         )
-        layers = transformer_layers(self.model[0].auto_model)
+        body = self.model[0].auto_model
+        positions = getattr(body.config, "max_position_embeddings", None)
+        if positions is not None and in_channels > positions:  # in_channels: data.max_tokens
+            raise ConfigError(
+                f"data.max_tokens = {in_channels} but encoder '{encoder}' reads at most "
+                f"{positions} tokens; set data.max_tokens to {positions} or less"
+            )
+        layers = transformer_layers(body)
         if top is not None and not 1 <= top <= len(layers):
             raise ConfigError(
                 f"backbone 'transformer-top{top}': the encoder has {len(layers)} layers; "
