@@ -15,7 +15,8 @@ the 95% interval 1.96·s/√n over episodes.
 allclasses: every class at once (Banking77: 77, CLINC150: 150 in-scope) with K = 5 and 10 examples
 per class drawn from the published train part (--samples draws, seeds 0, 1, ...), scored on the
 whole published test part: logistic regression on the embeddings (scikit-learn's defaults, as
-SetFit's head) and nearest prototype (squared Euclidean to the class means). Mean accuracy and
+SetFit's head) and nearest prototype (squared Euclidean to the class means; and by cosine, the
+rule benchmarks/text_finetune.py applies to the fine-tuned encoder's embeddings). Mean accuracy and
 1.96·s/√n over the draws.
 
 oos (CLINC150 only, not run by default): the same K-shot draws, with out-of-scope rejection by a
@@ -33,6 +34,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from metalab.algorithms.metric.protonet import prototypes, squared_euclidean
 from metalab.config import load_config
@@ -131,7 +133,7 @@ def allclasses(args, name: str) -> dict:
     x_test, y_test = test.images, labels_of(test)
     out = {"classes": test.num_classes, "test_sentences": len(y_test)}
     for k in args.k:
-        acc = {"logistic_regression": [], "nearest_prototype": []}
+        acc = {"logistic_regression": [], "nearest_prototype": [], "nearest_prototype_cosine": []}
         fit_seconds = []
         for seed in range(args.samples):
             x, y = draw_shots(train, k, seed)
@@ -143,6 +145,8 @@ def allclasses(args, name: str) -> dict:
             protos = prototypes(x[None], y[None], train.num_classes)
             near = (-squared_euclidean(x_test[None], protos))[0].argmax(-1)
             acc["nearest_prototype"].append(float((near == y_test).float().mean()))
+            cos = (F.normalize(x_test, dim=-1) @ F.normalize(protos[0], dim=-1).T).argmax(-1)
+            acc["nearest_prototype_cosine"].append(float((cos == y_test).float().mean()))
         row = {}
         for method, values in acc.items():
             row[method] = summary(torch.tensor(values)) | {
