@@ -129,6 +129,9 @@ def test_wrong_ways_are_one_line(tiny):
         load_split(_data(tiny, encoder="hash-16"), "train")
     with pytest.raises(ConfigError, match="text_input: tokens is for text datasets"):
         load_split(DataConfig(dataset="sinusoid", text_input="tokens"), "train")
+    cfg = parse_config({"algorithm": {"name": "protonet", "backbone": "mlp"}}, "t")
+    with pytest.raises(ConfigError, match="only a transformer backbone reads"):
+        build_learner(dataclasses.replace(cfg, data=_data(tiny)), (16,), seed=0)
     cfg = parse_config(
         {"algorithm": {"name": "meta_lstm", "backbone": "transformer-top1"}, "data": {}}, "t"
     )

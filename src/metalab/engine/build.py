@@ -42,6 +42,14 @@ def build_learner(cfg: Config, input_shape: tuple[int, ...], seed: int) -> MetaL
     cls = ALGORITHMS.get(cfg.algorithm_name)
     scope = contextlib.nullcontext()
     if cfg.data.text_input == "tokens":  # a 'transformer' backbone fine-tunes data.encoder
+        backbone = str(cfg.algorithm.get("backbone", ""))
+        if not backbone.startswith("transformer"):
+            raise ConfigError(
+                f"data.text_input: tokens gives the learner token ids, which only a transformer "
+                f"backbone reads, but algorithm.backbone is '{backbone or 'none'}'; set "
+                "algorithm.backbone: transformer or transformer-topL (a learner without a "
+                "backbone option reads data.text_input: embeddings)"
+            )
         scope = encoder_scope(cfg.data.encoder)
     with torch.random.fork_rng(devices=[]), scope:
         torch.manual_seed(seed)

@@ -4,7 +4,7 @@
 Each split is a :class:`~metalab.data.base.ClassIndexedDataset` of sentence embeddings (input shape
 ``(dim,)``, 384 for the default all-MiniLM-L6-v2), embedded once by ``data.encoder`` and cached, so
 every algorithm runs on it with a vector backbone (``algorithm.backbone: mlp``). With
-``data.text_input: tokens`` a split holds token ids instead (``(max_tokens,)`` or shorter), for a
+``data.text_input: tokens`` a split holds token ids instead (``(max_tokens,)``), for a
 backbone that fine-tunes the encoder (``transformer``, ``transformer-topL``). ``data.scheme``
 picks the class split (:data:`metalab.data.text.CLASS_SPLITS`; the config's default ``vinyals``
 means the dataset's ``default``); ``data.data_dir`` holds the dataset's folder (or ``text/<name>``),

@@ -80,9 +80,9 @@ def token_split(
     corpus: LabelledTexts, scheme: str, split: str, encoder: str, max_tokens: int
 ) -> ClassIndexedDataset:
     """One class split of `corpus` as token ids ``(total, max_tokens)`` int32 by `encoder`'s
-    tokenizer (truncated, padded with its pad id), for a backbone that
-    fine-tunes the encoder (:mod:`metalab.models.transformer`). Not cached: a fast tokenizer takes
-    well under a second for a dataset's sentences."""
+    tokenizer (truncated, padded with its pad id), for a backbone that fine-tunes the encoder
+    (:mod:`metalab.models.transformer`). Not cached: a fast tokenizer takes well under a second
+    for a dataset's sentences."""
     from metalab.models.transformer import tokenize
 
     s = scheme_of(corpus.name, scheme)
