@@ -1,7 +1,7 @@
 """Fine-tuned sentence encoder on K shots of every class, beside SetFit on the same draws.
 
     python benchmarks/text_finetune.py --data-dir ../shared/data/text [--datasets banking77]
-        [--k 5 10] [--samples 5] [--steps 100] [--layers 2] [--setfit-steps 150]
+        [--k 5 10] [--samples 5 [3]] [--steps 100] [--layers 2] [--setfit-steps 150]
         [--out benchmarks/results/text-finetune-cpu.json]
 
 All classes, K shots (SetFit's setting, issue 15's second protocol): K sentences of every class are
@@ -169,7 +169,13 @@ def main() -> None:
     p.add_argument("--encoder", default="all-MiniLM-L6-v2")
     p.add_argument("--datasets", nargs="+", default=["banking77", "clinc150"])
     p.add_argument("--k", type=int, nargs="+", default=[5, 10])
-    p.add_argument("--samples", type=int, default=5)
+    p.add_argument(
+        "--samples",
+        type=int,
+        nargs="+",
+        default=[5],
+        help="draws (seeds 0..n-1): one, or one per K",
+    )
     p.add_argument("--methods", nargs="+", default=["protonet"], help="protonet, supcon")
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=64, help="supcon: sentences per step")
@@ -199,29 +205,33 @@ def main() -> None:
         "setfit": {"max_steps": args.setfit_steps, "batch_size": 16, "num_iterations": 20},
         "datasets": {},
     }
+    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    samples = dict(
+        zip(args.k, args.samples * len(args.k) if len(args.samples) == 1 else args.samples)
+    )
     for name in args.datasets:
         corpus = read_dataset(name, Path(args.data_dir))
         train, test = row_split(corpus, "train"), row_split(corpus, "test")
         test_texts = [corpus.texts[int(r)] for r in test.images[:, 0]]
         test_labels = torch.repeat_interleave(torch.arange(test.num_classes), test.counts)
         out: dict = {"classes": test.num_classes, "test_sentences": len(test_texts)}
+        results["datasets"][name] = out
         for k in args.k:
-            draws = []
-            for seed in range(args.samples):
+            draws: list[dict] = []
+            out[f"K={k}"] = {"summary": {}, "draws": draws}
+            for seed in range(samples[k]):
                 picked, labels = draw_shots(train, k, seed)
                 texts = [corpus.texts[int(r)] for r in picked[:, 0]]
                 run = Path(args.runs) / f"{name}-K{k}-seed{seed}"
-                row: dict = {"seed": seed}
                 got = {}
                 for method in args.methods:
                     done = metalab_draw(args, method, run, texts, labels, test_texts)
                     prefix = "" if method == "protonet" else f"{method}_"
                     got |= {prefix + key: value for key, value in done.items()}
                 if args.setfit_steps > 0:
-                    got |= {
-                        f"setfit_{k}": v
-                        for k, v in setfit_draw(args, run, texts, labels, test_texts, seed).items()
-                    }
+                    done = setfit_draw(args, run, texts, labels, test_texts, seed)
+                    got |= {f"setfit_{key}": value for key, value in done.items()}
+                row: dict = {"seed": seed}
                 for key, value in got.items():
                     if isinstance(value, torch.Tensor):
                         row[key] = round(100 * float((value == test_labels).float().mean()), 2)
@@ -229,15 +239,22 @@ def main() -> None:
                         row[key] = round(value, 1)
                 draws.append(row)
                 print(name, k, row, file=sys.stderr, flush=True)
-            summary = {}
-            for method in draws[0]:
-                if not method.endswith("seconds") and method != "seed":
-                    mean, ci = mean_ci95(torch.tensor([d[method] for d in draws]))
-                    summary[method] = {"accuracy": round(mean, 2), "ci95": round(ci, 2)}
-            out[f"K={k}"] = {"summary": summary, "draws": draws}
-        results["datasets"][name] = out
-    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+                out[f"K={k}"]["summary"] = summarize(draws)
+                # after every draw: a stopped run keeps the draws it finished
+                results["complete"] = False
+                write_result(args.out, command, results)
+    results["complete"] = True
     print(write_result(args.out, command, results))
+
+
+def summarize(draws: list[dict]) -> dict:
+    """Mean and 1.96·s/√n over the draws of every accuracy column."""
+    summary = {}
+    for method in draws[0]:
+        if not method.endswith("seconds") and method != "seed":
+            mean, ci = mean_ci95(torch.tensor([d[method] for d in draws]))
+            summary[method] = {"accuracy": round(mean, 2), "ci95": round(ci, 2)}
+    return summary
 
 
 if __name__ == "__main__":
