@@ -237,3 +237,32 @@ def test_supcon_views_of_sentences_differ_by_dropout_only(tiny):
     cfg = parse_config(raw, "test")
     with pytest.raises(ConfigError, match="remove data.augment"):
         learner.train_sampler(load_split(cfg.data, "train"), cfg)
+
+
+def test_dropout_runs_rerun_and_resume_bit_identically(tiny, tmp_path):
+    """The transformer's dropout draws from torch's global RNG, which the trainer seeds per step
+    from (train.seed, step, rank): a rerun, and a stopped run resumed, end with the same weights."""
+    from metalab.engine.checkpoint import load_checkpoint
+    from metalab.engine.trainer import Trainer
+
+    def config(steps: int):
+        return parse_config(
+            {
+                "algorithm": {"name": "protonet", "backbone": "transformer", "distance": "cosine"},
+                "data": dataclasses.asdict(_data(tiny)) | {"val_split": None},
+                "train": {"steps": steps, "ways": 5, "shots": 2, "queries": 2, "lr": 1e-3},
+            },
+            "test",
+        )
+
+    for name in ("a", "b"):
+        Trainer(config(4), tmp_path / name).fit()
+    Trainer(config(2), tmp_path / "c").fit()
+    torch.randn(7)  # the caller's global RNG moves between the two halves
+    Trainer(config(4), tmp_path / "c", resume=True).fit()
+    weights = [load_checkpoint(tmp_path / n / "last.pt")["model"] for n in "abc"]
+    for other in weights[1:]:
+        assert all(weights[0][k].equal(other[k]) for k in weights[0])
+    state = torch.random.get_rng_state()
+    Trainer(config(1), tmp_path / "d").fit()
+    assert torch.random.get_rng_state().equal(state)  # training left the global RNG alone

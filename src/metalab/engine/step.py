@@ -20,6 +20,8 @@ the world size as well.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,3 +96,18 @@ def accumulate_gradients(
     all_reduce_gradients(learner.parameters(), world)
     values = dict(zip(names, summed.tolist()))
     return StepResult(values.pop("loss"), values)
+
+
+@contextlib.contextmanager
+def step_randomness(seed: int, step: int, rank: int, device: torch.device) -> Iterator[None]:
+    """Within it, torch's global RNG (what dropout draws from, e.g. the ``transformer`` backbone's)
+    is seeded from (run seed, step, rank); outside it, the caller's global RNG is as it was. A run's
+    dropout masks are then the same on every rerun and after a ``--resume``, and differ between
+    steps and ranks."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        value = hash((seed, step, rank)) & (2**63 - 1)  # ints hash the same in every process
+        torch.default_generator.manual_seed(value)
+        if device.type == "cuda":
+            torch.cuda.manual_seed(value)
+        yield

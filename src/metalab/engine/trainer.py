@@ -59,7 +59,7 @@ from metalab.engine.checkpoint import RESUME_KEYS, load_checkpoint, save_checkpo
 from metalab.engine.distributed import all_reduce_max, evaluate_on_ranks, init_world, restarted
 from metalab.engine.logs import MetricsLog
 from metalab.engine.rundir import RunDir, atomic_write_text
-from metalab.engine.step import accumulate_gradients
+from metalab.engine.step import accumulate_gradients, step_randomness
 from metalab.errors import CheckpointError, ConfigError, MetalabError, TrainingError
 from metalab.registry import ALGORITHMS
 from metalab.tasks.episodes import fixed_episodes, input_shape, is_regression
@@ -543,7 +543,8 @@ class Trainer:
         batch = self.sampler.sample(self.generator)  # the global batch, the same on every rank
         self.optimizer.zero_grad(set_to_none=True)
         # this rank's groups of tasks, their gradients summed over the ranks (engine/step.py)
-        out = accumulate_gradients(self.learner, batch, self.world, self.cfg.train.task_chunk)
+        with step_randomness(self.cfg.train.seed, self.step, self.world.rank, self.device):
+            out = accumulate_gradients(self.learner, batch, self.world, self.cfg.train.task_chunk)
         loss = out.loss
         problem = None
         if not math.isfinite(loss):
