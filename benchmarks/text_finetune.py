@@ -176,6 +176,7 @@ def main() -> None:
         default=[5],
         help="draws (seeds 0..n-1): one, or one per K",
     )
+    p.add_argument("--first-seed", type=int, default=0, help="draws are seeds first.. first+n-1")
     p.add_argument("--methods", nargs="+", default=["protonet"], help="protonet, supcon")
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=64, help="supcon: sentences per step")
@@ -219,7 +220,7 @@ def main() -> None:
         for k in args.k:
             draws: list[dict] = []
             out[f"K={k}"] = {"summary": {}, "draws": draws}
-            for seed in range(samples[k]):
+            for seed in range(args.first_seed, args.first_seed + samples[k]):
                 picked, labels = draw_shots(train, k, seed)
                 texts = [corpus.texts[int(r)] for r in picked[:, 0]]
                 run = Path(args.runs) / f"{name}-K{k}-seed{seed}"
