@@ -288,29 +288,15 @@ FAMILIES = ["protonet", "matching", "siamese", "mann", "metanet", "fomaml", "bas
 
 @pytest.mark.parametrize("name", FAMILIES + ["relation", "snail"])
 def test_algorithms_run_on_embeddings(tmp_path, name):
-    from metalab.engine.build import build_learner
+    from tests.fixtures.text_steps import step_and_predict
+
     from metalab.registry import ALGORITHMS
 
-    data = _data(tmp_path)
     fields = {f.name for f in dataclasses.fields(ALGORITHMS.get(name).Config)}
     algorithm = {"name": name} | {
         k: v for k, v in (("backbone", "mlp"), ("hidden", 16)) if k in fields
     }
-    cfg = parse_config(
-        {
-            "algorithm": algorithm,
-            "data": dataclasses.asdict(data),
-            "train": {"ways": 5, "shots": 1, "queries": 2},
-            "eval": {"ways": 5, "shots": 1, "queries": 2},
-        },
-        "test",
-    )
-    learner = build_learner(cfg, (16,), seed=0)
-    batch = learner.train_sampler(load_split(data, "train"), cfg).sample(torch.Generator())
-    learner.meta_loss(batch).loss.backward()
-    episode = next(FixedEpisodes(load_split(data, "test"), 5, 1, 2, 2, seed=0).batches(2))
-    with torch.no_grad():
-        assert learner.predict(episode).shape == (2, 10, 5)
+    step_and_predict(algorithm, _data(tmp_path), (16,))
 
 
 def test_relation_vector_form_learns(tmp_path):

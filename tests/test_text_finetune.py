@@ -18,6 +18,7 @@ import torch
 
 pytest.importorskip("sentence_transformers")
 
+from tests.fixtures.text_steps import step_and_predict  # noqa: E402
 from tests.fixtures.tiny_encoder import tiny_encoder  # noqa: E402
 
 from metalab.config import DataConfig, parse_config  # noqa: E402
@@ -152,25 +153,10 @@ FAMILIES = ["protonet", "matching", "siamese", "baseline", "metanet", "maml", "a
 def test_algorithms_fine_tune_the_top_layer(tiny, name):
     """Every learner with a backbone option trains on token ids; optimization learners adapt and
     meta-learn only the trainable layers (parallel: auto falls back to the loop)."""
-    data = _data(tiny)
-    cfg = parse_config(
-        {
-            "algorithm": {"name": name, "backbone": "transformer-top1"},
-            "data": dataclasses.asdict(data),
-            "train": {"ways": 5, "shots": 1, "queries": 2},
-            "eval": {"ways": 5, "shots": 1, "queries": 2},
-        },
-        "test",
-    )
-    learner = build_learner(cfg, (16,), seed=0)
-    batch = learner.train_sampler(load_split(data, "train"), cfg).sample(torch.Generator())
-    learner.meta_loss(batch).loss.backward()
+    learner = step_and_predict({"name": name, "backbone": "transformer-top1"}, _data(tiny), (16,))
     grads = {k for k, p in learner.named_parameters() if p.grad is not None}
     assert grads and not any(".layer.0." in k or "embeddings" in k for k in grads)
     assert any(".layer.1." in k for k in grads)
-    episode = next(FixedEpisodes(load_split(data, "test"), 5, 1, 2, 2, seed=0).batches(2))
-    with torch.no_grad():
-        assert learner.predict(episode).shape == (2, 10, 5)
 
 
 def test_train_evaluate_reload_and_predict_sentences(tiny, tmp_path):
