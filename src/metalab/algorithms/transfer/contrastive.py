@@ -148,13 +148,13 @@ class ViewSampler:
         self.images, self.labels, self.batch_size = images, labels, batch_size
         # sentences (token ids or embeddings, (total, T)): both views are the input itself and
         # differ by the encoder's dropout only, as in SimCSE (Gao et al., EMNLP 2021)
-        self.sentences = images.dim() == 2
-        if self.sentences and augment is not None:
+        sentences = images.dim() == 2
+        if sentences and augment is not None:
             raise ConfigError(
                 "data.augment transforms images, and this dataset holds sentences: remove "
                 "data.augment (the two views of a sentence differ by the encoder's dropout)"
             )
-        self.augment = None if self.sentences else Augment(augment)
+        self.augment = None if sentences else Augment(augment)
 
     def sample(self, generator: torch.Generator) -> ViewBatch:
         rows = distinct_rows(len(self.images), 1, self.batch_size, generator)[0]  # (M,) CPU
