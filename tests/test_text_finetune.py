@@ -109,6 +109,9 @@ def test_top_layers_train_and_lower_weights_stay(tiny):
     net.train()
     frozen_dropout = [m for m in net.frozen if isinstance(m, torch.nn.Dropout)]
     assert frozen_dropout and not any(m.training for m in frozen_dropout)
+    # containers too: an attention module reads its own flag for dropout on attention weights
+    lower = next(m for n, m in net.named_modules() if n.endswith("encoder.layer.0"))
+    assert not any(m.training for m in lower.modules())
     optimizer = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.5)
     ids = tokenize(["please flight request", "please hotel"], str(encoder), 16).float()
     net(ids)[:, 0].sum().backward()
@@ -116,6 +119,58 @@ def test_top_layers_train_and_lower_weights_stay(tiny):
     after = net.state_dict()
     changed = {k for k in before if not before[k].equal(after[k])}
     assert changed and changed <= trained
+
+
+def _step(net, ids: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """A seeded training forward and backward: the embeddings and the trained weights' grads."""
+    net.train().zero_grad()
+    torch.manual_seed(0)
+    out = net(ids)
+    (out * torch.arange(out.shape[1])).sum().backward()
+    return out.detach(), [p.grad.clone() for p in net.parameters() if p.requires_grad]
+
+
+def test_frozen_prefix_is_kept_and_replayed_exactly(tiny):
+    """transformer-top1 keeps each sentence's states after the frozen layer: the next step
+    replays them (dropout in the trained layer included) with the same outputs and gradients."""
+    _, encoder = tiny
+    texts = [f"please {' '.join(TOPICS[: 1 + i % 6])} request {i}" for i in range(40)]
+    ids = tokenize(texts, str(encoder), 16).float()
+    net = _backbone(encoder, "transformer-top1")
+    first, first_grads = _step(net, ids)
+    distinct = len(set(map(tuple, ids.tolist())))  # words outside the tiny vocabulary are [UNK]
+    assert distinct > 10 and len(net._prefix) == distinct
+    again, again_grads = _step(net, ids)  # every chunk replayed
+    assert again.equal(first)
+    assert all(a.equal(b) for a, b in zip(again_grads, first_grads))
+    for states in net._prefix.values():  # the replay reads the kept states, not the layer
+        states.add_(1.0)
+    assert not _step(net, ids)[0].equal(first)
+    net.load_state_dict(net.state_dict())  # new weights: forgotten
+    assert not net._prefix and _step(net, ids)[0].equal(first)
+    mixed = tokenize(texts[:20] + ["an unseen word"], str(encoder), 16).float()
+    with torch.no_grad():  # a chunk with a new sentence: run through, and recorded
+        assert torch.allclose(net.eval()(mixed)[:20], net(ids)[:20], atol=1e-6)
+    assert len(net._prefix) == distinct + 1
+    net.double()
+    assert not net._prefix
+
+
+def test_frozen_prefix_cache_is_capped_and_copied_with_its_backbone(tiny):
+    import copy
+
+    _, encoder = tiny
+    ids = tokenize([f"please request {i}" for i in range(10)], str(encoder), 16).float()
+    net = _backbone(encoder, "transformer-top1")
+    net.CACHE = 4
+    net(ids)
+    assert len(net._prefix) == 4
+    twin = copy.deepcopy(net)
+    twin._forget()
+    assert len(net._prefix) == 4
+    twin(ids)  # the copy's frozen layer records into the copy
+    assert len(twin._prefix) == 4 and len(net._prefix) == 4
+    assert _backbone(encoder)._skips is False  # nothing frozen: nothing kept
 
 
 def test_wrong_ways_are_one_line(tiny):
@@ -157,6 +212,8 @@ def test_algorithms_fine_tune_the_top_layer(tiny, name):
     grads = {k for k, p in learner.named_parameters() if p.grad is not None}
     assert grads and not any(".layer.0." in k or "embeddings" in k for k in grads)
     assert any(".layer.1." in k for k in grads)
+    kept = [t for m in learner.modules() for t in getattr(m, "_prefix", {}).values()]
+    assert kept and all(t.data_ptr() for t in kept)  # plain tensors, none from inside torch.func
 
 
 def test_train_evaluate_reload_and_predict_sentences(tiny, tmp_path):

@@ -17,6 +17,14 @@ also marks the attention mask); a batch runs sorted by length in chunks, each cu
 sentence.
 Output: the encoder's sentence embedding (its own pooling and normalisation), ``(batch, dim)``.
 
+Frozen-prefix cache (``transformer-topL`` with frozen layers below): the frozen layers compute the
+same hidden states for a sentence every time it is seen (eval mode, fixed weights), and a K-shot
+set is seen again every few steps. So the hidden states that leave the last frozen layer are kept
+per sentence (:attr:`TransformerBackbone.CACHE` sentences at most); a chunk whose sentences are
+all kept skips the frozen layers and feeds the kept states, zero-padded, to the trained layers
+(padded positions are masked out of attention and pooling, so the output is unchanged). Loading
+weights, or moving or casting the module, empties it.
+
     ids = tokenize(["book a flight", "what's my balance"], "all-MiniLM-L6-v2", max_tokens=64)
     with encoder_scope("all-MiniLM-L6-v2"):
         net = build_backbone("transformer-top2", in_channels=64, hidden=64)
@@ -131,6 +139,7 @@ class TransformerBackbone(nn.Module):
     Shapes: (batch, T) token ids → (batch, dim)."""
 
     CHUNK = 32  # sentences per forward pass
+    CACHE = 20_000  # sentences whose frozen-prefix hidden states are kept (see the module doc)
     vmappable = False  # chunks are cut by sentence length: data-dependent shapes
 
     def __init__(
@@ -170,16 +179,59 @@ class TransformerBackbone(nn.Module):
                 f"give transformer-top1 .. transformer-top{len(layers)}, or transformer for all"
             )
         self.frozen: list[nn.Module] = []
+        # sentence ids → its hidden states after the frozen layers (see the module doc)
+        self._prefix: dict[tuple[int, ...], Tensor] = {}
+        self._keys: list[tuple[int, ...]] | None = None  # the chunk being recorded
+        self._replay: Tensor | None = None  # the chunk's kept states, while it replays
+        self._tuple_out = False  # the layers' output format (a tuple before transformers 5)
         if top is not None:
             self.model.requires_grad_(False)
             for layer in layers[len(layers) - top :]:
                 layer.requires_grad_(True)
-            self.frozen = [m for m in self.model.modules() if m is not self.model]
             trained = {id(m) for layer in layers[len(layers) - top :] for m in layer.modules()}
+            # every module holding no trained layer, containers included: attention modules
+            # read their own `training` flag for dropout on the attention weights
             self.frozen = [
-                m for m in self.frozen if id(m) not in trained and not list(m.children())
+                m
+                for m in self.model.modules()
+                if m is not self.model and not any(id(x) in trained for x in m.modules())
             ]
+        self._skips = top is not None and top < len(layers)  # frozen layers below: cache them
+        if self._skips:
+            self._skip_frozen(list(layers[: len(layers) - top]))
+        self.register_load_state_dict_pre_hook(self._forget)
         self.train(True)
+
+    def _skip_frozen(self, below: list[nn.Module]) -> None:
+        """Record each chunk's states after the last frozen layer (:meth:`_record`); while
+        :attr:`_replay` is set, the frozen layers pass their input on and the last one returns the
+        kept states (:class:`_Skippable`). Bound methods and objects, not closures, so that a deep
+        copy of the backbone points at the copy."""
+        below[-1].register_forward_hook(self._record)
+        for i, layer in enumerate(below):
+            layer.forward = _Skippable(self, layer.forward, last=i == len(below) - 1)
+
+    def _record(self, module: nn.Module, args, output) -> None:
+        self._tuple_out = isinstance(output, tuple)
+        if self._keys is None:
+            return
+        hidden = (output[0] if self._tuple_out else output).detach()
+        for row, key in enumerate(self._keys):
+            if len(self._prefix) >= self.CACHE:
+                break
+            states = _outside_transforms(hidden[row, : len(key)].clone())
+            if states is None:
+                return
+            if key:  # not an all-padding row (a shape probe)
+                self._prefix[key] = states
+
+    def _forget(self, *args) -> None:
+        """New weights, device or dtype: the kept states would not match."""
+        self._prefix.clear()
+
+    def _apply(self, fn, recurse=True):
+        self._forget()  # .to(device), .double()
+        return super()._apply(fn, recurse)
 
     def train(self, mode: bool = True) -> TransformerBackbone:
         super().train(mode)
@@ -199,8 +251,58 @@ class TransformerBackbone(nn.Module):
             length = max(int(lengths[chunk[0]]), 1)
             part = ids[chunk, :length]
             features = {"input_ids": part, "attention_mask": (part != self.pad_id).long()}
-            out.append(self.model(features)["sentence_embedding"])
+            out.append(self._encode(features, part, lengths[chunk]))
         return torch.cat(out).index_select(0, order.argsort())
+
+    def _encode(self, features: dict, part: Tensor, lengths: Tensor) -> Tensor:
+        """One chunk through the encoder, replaying its frozen prefix when every sentence's is
+        kept, recording it otherwise (no cache without frozen layers)."""
+        if not self._skips:
+            return self.model(features)["sentence_embedding"]
+        keys = [tuple(row[:n]) for row, n in zip(part.tolist(), lengths.tolist())]
+        kept = [self._prefix.get(key) for key in keys]
+        try:
+            if all(k is not None for k in kept):
+                replay = kept[0].new_zeros(len(kept), part.shape[1], kept[0].shape[-1])
+                for row, states in enumerate(kept):
+                    replay[row, : len(states)] = states
+                self._replay = replay.to(part.device)
+            else:
+                self._keys = keys
+            return self.model(features)["sentence_embedding"]
+        finally:
+            self._replay = self._keys = None
+
+
+def _outside_transforms(t: Tensor) -> Tensor | None:
+    """`t`'s value outside torch.func's gradient transforms (an inner loop runs the frozen layers
+    inside ``torch.func.grad``; their states do not depend on the differentiated weights, so the
+    value is the same). None inside vmap (states per batch element) or where this torch build
+    gives no way to unwrap: nothing is kept then."""
+    functorch = getattr(torch._C, "_functorch", None)
+    try:
+        while functorch is not None and functorch.is_functorch_wrapped_tensor(t):
+            if functorch.is_batchedtensor(t):
+                return None
+            t = functorch.get_unwrapped(t)
+    except (AttributeError, RuntimeError):
+        return None
+    return t
+
+
+class _Skippable:
+    """A frozen layer's forward: the layer itself, or, while its backbone replays a chunk, its
+    input passed on (the last frozen layer: the kept states) in the layer's output format."""
+
+    def __init__(self, owner: TransformerBackbone, forward, last: bool) -> None:
+        self.owner, self.forward, self.last = owner, forward, last
+
+    def __call__(self, hidden: Tensor, *args, **kwargs):
+        replay = self.owner._replay
+        if replay is None:
+            return self.forward(hidden, *args, **kwargs)
+        out = replay if self.last else hidden
+        return (out,) if self.owner._tuple_out else out
 
 
 def build_transformer(name: str, **kwargs) -> nn.Module | None:
