@@ -26,6 +26,9 @@ SetFit's head).
 SetFit (``--setfit-steps`` > 0): the ``setfit`` package with the same MiniLM body on the same draw,
 its contrastive phase capped at ``--setfit-steps`` steps of 16 pairs (SetFit's default would be
 20 pairs per sentence), then its logistic-regression head. Training seconds are recorded for both.
+With ``--setfit-match``, SetFit runs a second time on the draw with metalab's training time: its
+steps are ``--setfit-steps`` scaled by metalab's training seconds over the capped run's (SetFit's
+own schedule planned over them; keys ``setfit_matched_*``, with the steps it was given).
 """
 
 from __future__ import annotations
@@ -132,7 +135,7 @@ def heads(support: torch.Tensor, labels: torch.Tensor, test: torch.Tensor) -> di
     return {"nearest_prototype": near, "logistic_regression": torch.from_numpy(clf.predict(test))}
 
 
-def setfit_draw(args, run: Path, texts, labels, test_texts, seed: int) -> dict:
+def setfit_draw(args, run: Path, texts, labels, test_texts, seed: int, steps: int) -> dict:
     from datasets import Dataset
     from setfit import SetFitModel, Trainer, TrainingArguments
 
@@ -144,7 +147,7 @@ def setfit_draw(args, run: Path, texts, labels, test_texts, seed: int) -> dict:
         batch_size=16,
         num_epochs=1,
         num_iterations=20,
-        max_steps=args.setfit_steps,
+        max_steps=steps,
         seed=seed,
         output_dir=str(run / "setfit"),
         save_strategy="no",
@@ -186,10 +189,17 @@ def main() -> None:
     p.add_argument("--scale", type=float, default=20.0, help="cosine_scale")
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--setfit-steps", type=int, default=0, help="0: no SetFit")
+    p.add_argument(
+        "--setfit-match",
+        action="store_true",
+        help="also SetFit with metalab's training time (needs protonet and --setfit-steps)",
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--runs", default="runs/text-finetune")
     p.add_argument("--out", default="benchmarks/results/text-finetune-cpu.json")
     args = p.parse_args()
+    if args.setfit_match and (args.setfit_steps <= 0 or "protonet" not in args.methods):
+        p.error("--setfit-match scales the capped SetFit run: give --setfit-steps and protonet")
     torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     results: dict = {
@@ -203,7 +213,12 @@ def main() -> None:
             "lr": args.lr,
             "cosine_scale": args.scale,
         },
-        "setfit": {"max_steps": args.setfit_steps, "batch_size": 16, "num_iterations": 20},
+        "setfit": {
+            "max_steps": args.setfit_steps,
+            "matched_time": args.setfit_match,
+            "batch_size": 16,
+            "num_iterations": 20,
+        },
         "datasets": {},
     }
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
@@ -230,8 +245,15 @@ def main() -> None:
                     prefix = "" if method == "protonet" else f"{method}_"
                     got |= {prefix + key: value for key, value in done.items()}
                 if args.setfit_steps > 0:
-                    done = setfit_draw(args, run, texts, labels, test_texts, seed)
+                    steps = args.setfit_steps
+                    done = setfit_draw(args, run, texts, labels, test_texts, seed, steps)
                     got |= {f"setfit_{key}": value for key, value in done.items()}
+                if args.setfit_match:  # SetFit given metalab's training time on this draw
+                    ratio = got["train_seconds"] / got["setfit_train_seconds"]
+                    steps = max(args.setfit_steps, round(args.setfit_steps * ratio))
+                    done = setfit_draw(args, run, texts, labels, test_texts, seed, steps)
+                    got |= {f"setfit_matched_{key}": value for key, value in done.items()}
+                    got["setfit_matched_steps"] = steps
                 row: dict = {"seed": seed}
                 for key, value in got.items():
                     if isinstance(value, torch.Tensor):
@@ -252,7 +274,7 @@ def summarize(draws: list[dict]) -> dict:
     """Mean and 1.96·s/√n over the draws of every accuracy column."""
     summary = {}
     for method in draws[0]:
-        if not method.endswith("seconds") and method != "seed":
+        if not method.endswith(("seconds", "steps")) and method != "seed":
             mean, ci = mean_ci95(torch.tensor([d[method] for d in draws]))
             summary[method] = {"accuracy": round(mean, 2), "ci95": round(ci, 2)}
     return summary
