@@ -3,6 +3,7 @@
     python benchmarks/text_finetune.py --data-dir ../shared/data/text [--datasets banking77]
         [--k 5 10] [--samples 5 [3]] [--steps 100] [--layers 2] [--setfit-steps 150]
         [--out benchmarks/results/text-finetune-cpu.json]
+    python benchmarks/text_finetune.py --resummarize benchmarks/results/text-finetune-*.json
 
 All classes, K shots (SetFit's setting, issue 15's second protocol): K sentences of every class are
 drawn from the published train part — the draws of benchmarks/text_fewshot.py's allclasses part
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import shlex
 import shutil
@@ -168,7 +170,7 @@ def setfit_draw(args, run: Path, texts, labels, test_texts, seed: int, steps: in
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", required=True)
+    p.add_argument("--data-dir", help="the text data folder (../shared/data/text)")
     p.add_argument("--encoder", default="all-MiniLM-L6-v2")
     p.add_argument("--datasets", nargs="+", default=["banking77", "clinc150"])
     p.add_argument("--k", type=int, nargs="+", default=[5, 10])
@@ -197,7 +199,20 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--runs", default="runs/text-finetune")
     p.add_argument("--out", default="benchmarks/results/text-finetune-cpu.json")
+    p.add_argument(
+        "--resummarize",
+        nargs="+",
+        type=Path,
+        metavar="RESULT",
+        help="only recompute the summaries of these finished results files from their draws",
+    )
     args = p.parse_args()
+    if args.resummarize:
+        for path in args.resummarize:
+            resummarize(path)
+        return
+    if not args.data_dir:
+        p.error("--data-dir is required (the text data folder, e.g. ../shared/data/text)")
     if args.setfit_match and (args.setfit_steps <= 0 or "protonet" not in args.methods):
         p.error("--setfit-match scales the capped SetFit run: give --setfit-steps and protonet")
     torch.set_num_threads(args.threads)
@@ -271,13 +286,40 @@ def main() -> None:
 
 
 def summarize(draws: list[dict]) -> dict:
-    """Mean and 1.96·s/√n over the draws of every accuracy column."""
-    summary = {}
-    for method in draws[0]:
-        if not method.endswith(("seconds", "steps")) and method != "seed":
-            mean, ci = mean_ci95(torch.tensor([d[method] for d in draws]))
-            summary[method] = {"accuracy": round(mean, 2), "ci95": round(ci, 2)}
+    """Mean and 1.96·s/√n over the draws of every accuracy column; the mean of every seconds and
+    steps column; and, paired draw by draw, each metalab column minus each SetFit column."""
+    summary: dict = {}
+    columns = [c for c in draws[0] if c != "seed"]
+    accuracy = [c for c in columns if not c.endswith(("seconds", "steps"))]
+    for method in accuracy:
+        mean, ci = mean_ci95(torch.tensor([d[method] for d in draws]))
+        summary[method] = {"accuracy": round(mean, 2), "ci95": round(ci, 2)}
+    summary["mean"] = {
+        c: round(sum(d[c] for d in draws) / len(draws), 1) for c in columns if c not in accuracy
+    }
+    setfit = [c for c in accuracy if c.startswith("setfit")]
+    paired = {}
+    for ours in (c for c in accuracy if c not in setfit):
+        for theirs in setfit:
+            gap = torch.tensor([d[ours] - d[theirs] for d in draws])
+            mean, ci = mean_ci95(gap)
+            paired[f"{ours} - {theirs}"] = {"points": round(mean, 2), "ci95": round(ci, 2)}
+    if paired:
+        summary["paired_difference"] = paired
+    summary["draws"] = len(draws)
     return summary
+
+
+def resummarize(path: Path) -> None:
+    """Recompute the summaries of a finished results file from its draws, in place (the file's
+    environment stays that of the run that measured the draws)."""
+    result = json.loads(path.read_text())
+    for dataset in result["results"]["datasets"].values():
+        for key, part in dataset.items():
+            if key.startswith("K=") and part["draws"]:
+                part["summary"] = summarize(part["draws"])
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(path)
 
 
 if __name__ == "__main__":

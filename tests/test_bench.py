@@ -1,6 +1,7 @@
 """metalab bench: both implementations and the batching-alone measurement run and report sane
 numbers."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -73,3 +74,30 @@ def test_vmap_and_loop_learners_differ_only_in_their_option():
     assert {k: v.options.parallel for k, v in learners.items()} == {"vmap": "vmap", "loop": "loop"}
     vmap, loop = learners["vmap"].state_dict(), learners["loop"].state_dict()
     assert all(torch.equal(vmap[k], loop[k]) for k in vmap)
+
+
+def test_text_finetune_resummarize_pairs_each_metalab_column_with_each_setfit_column(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    draws = [
+        {"seed": s, "train_seconds": 10.0 + s, "nearest_prototype": 80.0 + s, "setfit_setfit": 78.0}
+        for s in range(3)
+    ]
+    draws[2]["setfit_setfit"] = 79.0
+    path = tmp_path / "r.json"
+    result = {"command": "x", "environment": {"commit": "abc"}}
+    result["results"] = {"datasets": {"d": {"classes": 2, "K=5": {"summary": {}, "draws": draws}}}}
+    path.write_text(json.dumps(result))
+    subprocess.run(
+        [sys.executable, "benchmarks/text_finetune.py", "--resummarize", str(path)],
+        cwd=root,
+        check=True,
+        capture_output=True,
+    )
+    again = json.loads(path.read_text())
+    assert again["environment"] == {"commit": "abc"}  # the measuring run's record is kept
+    summary = again["results"]["datasets"]["d"]["K=5"]["summary"]
+    assert summary["nearest_prototype"]["accuracy"] == 81.0
+    assert summary["mean"] == {"train_seconds": 11.0}
+    gap = summary["paired_difference"]["nearest_prototype - setfit_setfit"]
+    assert gap["points"] == round((2 + 3 + 3) / 3, 2) and gap["ci95"] > 0
+    assert summary["draws"] == 3
