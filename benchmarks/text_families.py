@@ -18,6 +18,7 @@ episodes per shot count, with paired differences (compare.md, compare.json, comp
 from __future__ import annotations
 
 import argparse
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -88,7 +89,14 @@ def main() -> None:
     out = Path(args.out or f"benchmarks/results/compare-text-{args.dataset}")
     shutil.rmtree(out, ignore_errors=True)
     metalab.compare(
-        runs, out, ways=[5], shots=args.shots, episodes=args.episodes, queries=15, device="cpu"
+        runs,
+        out,
+        ways=[5],
+        shots=args.shots,
+        episodes=args.episodes,
+        queries=15,
+        device="cpu",
+        command="python " + " ".join(shlex.quote(a) for a in sys.argv),
     )
     print(out / "compare.md")
 

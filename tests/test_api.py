@@ -56,6 +56,12 @@ def test_evaluate_and_compare(run: Path, tmp_path: Path) -> None:
     assert twice["accuracy"] == report["accuracy"] and len(twice["ensemble"]) == 2
     out = metalab.compare([run, run], tmp_path / "cmp", ways=[3], shots=[1], queries=2, episodes=5)
     assert (tmp_path / "cmp" / "compare.md").exists() and out["methods"]
+    assert out["command"] == "metalab.compare(...)"
+    mine = metalab.compare(
+        [run], tmp_path / "cmp2", ways=[3], shots=[1], queries=2, episodes=5, command="python x.py"
+    )
+    assert mine["command"] == "python x.py"
+    assert "Command: `python x.py`" in (tmp_path / "cmp2" / "compare.md").read_text()
 
 
 def test_predict_from_a_mapping_and_a_folder(run: Path) -> None:

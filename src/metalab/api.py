@@ -137,10 +137,13 @@ def compare(
     device: str = "auto",
     checkpoint: str = "best",
     registry: str | None = None,
+    command: str | None = None,
 ) -> dict[str, Any]:
     """Several runs on the same fixed episodes for every (ways, shots): mean ± CI per method and
     paired differences; writes compare.md, compare.json and compare.png into ``out``. Recorded in
-    the run registry as ``metalab compare`` is (``registry`` as in :func:`train`)."""
+    the run registry as ``metalab compare`` is (``registry`` as in :func:`train`). ``command``:
+    the command line a script calling this ran, recorded in the report (default
+    ``metalab.compare(...)``)."""
     from metalab.engine.distributed import current_world, init_world
     from metalab.experiments.record import record_compare
     from metalab.protocols.compare import compare_runs
@@ -156,7 +159,7 @@ def compare(
         seed=seed,
         device=init_world(device)[1],
         checkpoint=checkpoint,
-        command="metalab.compare(...)",
+        command=command or "metalab.compare(...)",
         dataset=dataset,
     )
     if current_world().is_main:
