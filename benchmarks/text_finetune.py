@@ -16,6 +16,12 @@ transformer-topL``), Adam ``--lr``, ``--steps`` steps:
 
 - ``protonet``: ``--ways``-way episodes of ⌊K/2⌋ support and K − ⌊K/2⌋ query sentences per class,
   cosine distance (the encoder's embeddings are L2-normalised); result keys without prefix.
+- ``anil``: ANIL (Raghu et al. 2020) on the same episodes as ``protonet``, the head adapted in the
+  inner loop from zero (Kao et al. 2022's zeroing trick: one step of α = ``--scale`` × ways, so
+  the query logits are ``--scale``·q·(μ_c − μ̄), a ProtoNet-like rule meta-learned through the
+  inner loop); the top layers are meta-learned in the outer loop. Besides the two heads below,
+  ``anil_adapted_head`` is ANIL's own rule on all classes at once: its inner loop on the K-shot
+  set from a zero head of one row per class, α scaled to the classes. Keys ``anil_*``.
 - ``supcon``: SupCon on batches of ``--batch-size`` sentences, the two views of a sentence made
   different by dropout (SimCSE) — contrastive fine-tuning as SetFit does on pairs; keys
   ``supcon_*``.
@@ -81,9 +87,20 @@ def metalab_draw(args, method: str, run: Path, texts, labels, test_texts) -> dic
     classes = int(labels.max()) + 1
     k = len(texts) // classes
     backbone = f"transformer-top{args.layers}"
-    if method == "protonet":  # episodes of the K-shot set
+    ways = min(args.ways, classes)
+    if method in ("protonet", "anil"):  # episodes of the K-shot set
+        episodes = {"ways": ways, "shots": k // 2, "queries": k - k // 2}
+    if method == "protonet":
         algorithm = {"distance": "cosine", "cosine_scale": args.scale}
-        episodes = {"ways": min(args.ways, classes), "shots": k // 2, "queries": k - k // 2}
+    elif method == "anil":  # the zeroing trick: one inner step from a zero head, α = scale · ways
+        algorithm = {
+            "adapt": "head",
+            "zero_head": True,
+            "inner_lr": args.scale * ways,
+            "inner_steps": 1,
+            "eval_inner_steps": 1,
+            "parallel": "loop",
+        }
     else:  # supcon: batches of sentences, two dropout views each
         algorithm = {"batch_size": args.batch_size, "classifier": "logistic"}
         episodes = {"ways": 5, "shots": 1, "queries": 1}
@@ -106,7 +123,7 @@ def metalab_draw(args, method: str, run: Path, texts, labels, test_texts) -> dic
                 "checkpoint_every": args.steps,
                 "tensorboard": False,
             },
-            "eval": {"ways": 5, "shots": 1, "queries": 1, "episodes": 1},
+            "eval": {"ways": episodes["ways"], "shots": 1, "queries": 1, "episodes": 1},
         },
         "text_finetune.py",
     )
@@ -116,14 +133,39 @@ def metalab_draw(args, method: str, run: Path, texts, labels, test_texts) -> dic
     metalab.train(cfg, out, registry="off")
     train_seconds = time.perf_counter() - start
     learner, _, _ = metalab.load_learner(out, device="cpu", checkpoint="last")
-    encoder = learner.encoder if method == "protonet" else learner.backbone
+    encoder = {"protonet": "encoder", "anil": "net.backbone"}.get(method, "backbone")
+    encoder = learner.get_submodule(encoder)
     start = time.perf_counter()
     support = embed(encoder, tokenize(texts, args.encoder, args.max_tokens))
     test = embed(encoder, tokenize(test_texts, args.encoder, args.max_tokens))
     embed_seconds = time.perf_counter() - start
-    return {"train_seconds": train_seconds, "embed_seconds": embed_seconds} | heads(
-        support, labels, test
-    )
+    got = {"train_seconds": train_seconds, "embed_seconds": embed_seconds}
+    if method == "anil":
+        got["adapted_head"] = adapted_head(learner, support, labels, test)
+    return got | heads(support, labels, test)
+
+
+def adapted_head(learner, support: torch.Tensor, labels: torch.Tensor, test: torch.Tensor):
+    """ANIL's own rule on every class at once: its inner loop (``eval_inner_steps`` SGD steps on
+    the cross-entropy of the K-shot set's features) from a zero head of one row per class, with
+    α scaled from the training ways to the classes — after one step the logits are
+    (α/N)·q·(μ_c − μ̄) (Kao et al. 2022, §3.3), the same scale as in training."""
+    from metalab import functional as fn
+
+    classes = int(labels.max()) + 1
+    options = learner.options
+    head = torch.nn.Linear(support.shape[1], classes)
+    zero = {k: torch.zeros_like(v) for k, v in fn.parameters(head).items()}
+    alpha = options.inner_lr * classes / learner.ways
+    with torch.enable_grad():
+        fast = fn.sgd(
+            lambda p: F.cross_entropy(fn.call(head, p, support), labels),
+            zero,
+            alpha,
+            options.eval_inner_steps,
+            first_order=True,
+        )
+    return fn.call(head, fast, test).argmax(-1)
 
 
 def heads(support: torch.Tensor, labels: torch.Tensor, test: torch.Tensor) -> dict:
@@ -182,7 +224,13 @@ def main() -> None:
         help="draws (seeds 0..n-1): one, or one per K",
     )
     p.add_argument("--first-seed", type=int, default=0, help="draws are seeds first.. first+n-1")
-    p.add_argument("--methods", nargs="+", default=["protonet"], help="protonet, supcon")
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=["protonet"],
+        choices=["protonet", "supcon", "anil"],
+        help="metalab's fine-tuning methods on each draw",
+    )
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=64, help="supcon: sentences per step")
     p.add_argument("--layers", type=int, default=2, help="top transformer layers fine-tuned")

@@ -10,6 +10,7 @@ all-MiniLM-L6-v2. Skipped without the text extra.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from pathlib import Path
 
@@ -309,3 +310,41 @@ def test_dropout_runs_rerun_and_resume_bit_identically(tiny, tmp_path):
     state = torch.random.get_rng_state()
     Trainer(config(1), tmp_path / "d").fit()
     assert torch.random.get_rng_state().equal(state)  # training left the global RNG alone
+
+
+def _text_finetune_script():
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    return importlib.import_module("text_finetune")
+
+
+def test_kshot_anil_head_after_one_step_is_the_dot_product_class_mean_rule():
+    script = _text_finetune_script()
+    torch.manual_seed(0)
+    support, labels = torch.randn(24, 8), torch.arange(6).repeat(4)
+    test = torch.randn(50, 8)
+    options = argparse.Namespace(inner_lr=60.0, eval_inner_steps=1)
+    learner = argparse.Namespace(ways=3, options=options)  # trained 3-way, scored on 6 classes
+    means = torch.zeros(6, 8).index_add_(0, labels, support) / 4
+    predicted = script.adapted_head(learner, support, labels, test)
+    assert torch.equal(predicted, (test @ means.T).argmax(1))
+
+
+@pytest.mark.parametrize("method", ["protonet", "anil", "supcon"])
+def test_kshot_benchmark_fine_tunes_and_scores_each_method(tiny, tmp_path, method):
+    script = _text_finetune_script()
+    root, encoder = tiny
+    texts = [f"please {t} request number {i} train" for t in TOPICS for i in range(4)]
+    labels = torch.arange(len(TOPICS)).repeat_interleave(4)
+    args = argparse.Namespace(
+        encoder=str(encoder), layers=1, ways=4, scale=20.0, lr=1e-3, steps=2, max_tokens=16,
+        batch_size=8,
+    )  # fmt: skip
+    test_texts = [f"please {t} request number 9 test" for t in TOPICS]
+    got = script.metalab_draw(args, method, tmp_path / "run", texts, labels, test_texts)
+    heads = {"nearest_prototype", "logistic_regression"} | ({"adapted_head"} & {*got})
+    assert heads == {k for k, v in got.items() if isinstance(v, torch.Tensor)}
+    assert ("adapted_head" in got) == (method == "anil")
+    assert all(got[k].shape == (len(TOPICS),) for k in heads)
